@@ -1,0 +1,34 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Release-grade numerics even in debug test builds: the kernels are tight loops.
+let fast: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"])]
+
+let package = Package(
+  name: "Pivot",
+  platforms: [.macOS(.v14)],
+  products: [
+    .executable(name: "pivot", targets: ["pivot"]),
+    .library(name: "PivotTensor", targets: ["PivotTensor"]),
+    .library(name: "PivotNN", targets: ["PivotNN"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+  ],
+  targets: [
+    .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+    .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+    .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
+    .target(name: "PivotTensor", dependencies: ["COpenBLAS"], swiftSettings: fast),
+    .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: fast),
+    .executableTarget(
+      name: "pivot",
+      dependencies: [
+        "PivotTensor", "PivotNN", "COpenBLAS",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
+    .testTarget(name: "PivotTensorTests", dependencies: ["PivotTensor", "PivotNN"], resources: [.copy("Fixtures")]),
+    .testTarget(name: "PivotNNTests", dependencies: ["PivotNN"], resources: [.copy("Fixtures")]),
+  ]
+)

@@ -1,0 +1,89 @@
+import Foundation
+
+extension Kernels {
+  /// Sizes of one scaled-dot-product attention call. q and out are (B, T, NH, HS);
+  /// k and v are (B, S, NKV, HS) rows of a buffer whose batch stride is `kvBatchStride`
+  /// (S·NKV·HS when contiguous, larger for a KV cache). Query row i sits at absolute
+  /// position S − T + i, which is what the causal mask compares against.
+  public struct AttentionShape: Sendable {
+    public var b, t, s, nh, nkv, hs: Int
+    public var kvBatchStride: Int
+    public var scale: Float
+    public var causal: Bool
+    public init(b: Int, t: Int, s: Int, nh: Int, nkv: Int, hs: Int, kvBatchStride: Int? = nil, scale: Float? = nil, causal: Bool) {
+      self.b = b; self.t = t; self.s = s; self.nh = nh; self.nkv = nkv; self.hs = hs
+      self.kvBatchStride = kvBatchStride ?? s * nkv * hs
+      self.scale = scale ?? 1 / Float(hs).squareRoot()
+      self.causal = causal
+    }
+  }
+
+  /// probs (B, NH, T, S) is kept for backward; keyMask (B, S) holds 1 for keys to attend, 0 to skip.
+  public static func attentionForward(
+    out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+    keyMask: UnsafePointer<Float>?, shape d: AttentionShape
+  ) {
+    let group = d.nh / d.nkv
+    let qStride = d.nh * d.hs, kvStride = d.nkv * d.hs
+    for bh in 0..<(d.b * d.nh) {
+      let b = bh / d.nh, h = bh % d.nh, g = h / group
+      let qb = q + b * d.t * qStride + h * d.hs
+      let kb = k + b * d.kvBatchStride + g * d.hs
+      let vb = v + b * d.kvBatchStride + g * d.hs
+      let p = probs + bh * d.t * d.s
+      sgemm(transA: false, transB: true, m: d.t, n: d.s, k: d.hs, alpha: d.scale,
+            a: qb, lda: qStride, b: kb, ldb: kvStride, beta: 0, c: p, ldc: d.s)
+      if d.causal || keyMask != nil {
+        let shift = d.s - d.t
+        for i in 0..<d.t {
+          let row = p + i * d.s
+          if d.causal { for j in max(0, i + shift + 1)..<d.s { row[j] = -.infinity } }
+          if let keyMask { for j in 0..<d.s where keyMask[b * d.s + j] == 0 { row[j] = -.infinity } }
+        }
+      }
+      softmaxForward(out: p, inp: p, n: d.t, c: d.s)
+      sgemm(transA: false, transB: false, m: d.t, n: d.hs, k: d.s,
+            a: p, lda: d.s, b: vb, ldb: kvStride, beta: 0, c: out + b * d.t * qStride + h * d.hs, ldc: qStride)
+    }
+  }
+
+  /// Adds into dq, dk, dv (any may be nil). `scratch` holds T·S floats.
+  public static func attentionBackward(
+    dq: UnsafeMutablePointer<Float>?, dk: UnsafeMutablePointer<Float>?, dv: UnsafeMutablePointer<Float>?,
+    scratch: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, probs: UnsafePointer<Float>,
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape d: AttentionShape
+  ) {
+    let group = d.nh / d.nkv
+    let qStride = d.nh * d.hs, kvStride = d.nkv * d.hs
+    for bh in 0..<(d.b * d.nh) {
+      let b = bh / d.nh, h = bh % d.nh, g = h / group
+      let qOff = b * d.t * qStride + h * d.hs
+      let kvOff = b * d.kvBatchStride + g * d.hs
+      let p = probs + bh * d.t * d.s
+      let go = dout + qOff
+      if let dv {
+        sgemm(transA: true, transB: false, m: d.s, n: d.hs, k: d.t,
+              a: p, lda: d.s, b: go, ldb: qStride, beta: 1, c: dv + kvOff, ldc: kvStride)
+      }
+      guard dq != nil || dk != nil else { continue }
+      let ds = scratch
+      sgemm(transA: false, transB: true, m: d.t, n: d.s, k: d.hs,
+            a: go, lda: qStride, b: v + kvOff, ldb: kvStride, beta: 0, c: ds, ldc: d.s)
+      for i in 0..<d.t {
+        let pr = p + i * d.s, dr = ds + i * d.s
+        var dot: Float = 0
+        for j in 0..<d.s { dot += pr[j] * dr[j] }
+        for j in 0..<d.s { dr[j] = pr[j] * (dr[j] - dot) }
+      }
+      if let dq {
+        sgemm(transA: false, transB: false, m: d.t, n: d.hs, k: d.s, alpha: d.scale,
+              a: ds, lda: d.s, b: k + kvOff, ldb: kvStride, beta: 1, c: dq + qOff, ldc: qStride)
+      }
+      if let dk {
+        sgemm(transA: true, transB: false, m: d.s, n: d.hs, k: d.t, alpha: d.scale,
+              a: ds, lda: d.s, b: q + qOff, ldb: qStride, beta: 1, c: dk + kvOff, ldc: kvStride)
+      }
+    }
+  }
+}

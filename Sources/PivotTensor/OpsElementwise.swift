@@ -1,0 +1,197 @@
+import Foundation
+
+// MARK: Broadcasting
+
+/// NumPy broadcasting of two shapes.
+public func broadcastShape(_ a: [Int], _ b: [Int]) -> [Int] {
+  let r = max(a.count, b.count)
+  let pa = [Int](repeating: 1, count: r - a.count) + a
+  let pb = [Int](repeating: 1, count: r - b.count) + b
+  return (0..<r).map { i in
+    precondition(pa[i] == pb[i] || pa[i] == 1 || pb[i] == 1, "shapes \(a) and \(b) do not broadcast")
+    return max(pa[i], pb[i])
+  }
+}
+
+/// Walks `out` in runs along its last axis, giving the matching offsets into two inputs
+/// broadcast to it (a step of 0 means that input repeats along the run).
+struct BroadcastWalk {
+  let outShape: [Int]
+  let aStrides: [Int], bStrides: [Int]
+  let inner: Int, aStep: Int, bStep: Int, runs: Int
+
+  init(out: [Int], a: [Int], b: [Int]) {
+    outShape = out
+    func strides(_ s: [Int]) -> [Int] {
+      let p = [Int](repeating: 1, count: out.count - s.count) + s
+      var st = [Int](repeating: 0, count: out.count)
+      var acc = 1
+      for i in stride(from: out.count - 1, through: 0, by: -1) {
+        st[i] = p[i] == 1 ? 0 : acc
+        acc *= p[i]
+      }
+      return st
+    }
+    aStrides = strides(a)
+    bStrides = strides(b)
+    inner = out.last ?? 1
+    aStep = aStrides.last ?? 0
+    bStep = bStrides.last ?? 0
+    runs = out.count == 0 ? 1 : out.dropLast().reduce(1, *)
+  }
+
+  @inline(__always)
+  func offsets(run: Int) -> (a: Int, b: Int) {
+    var rem = run, ao = 0, bo = 0
+    var i = outShape.count - 2
+    while i >= 0 {
+      let idx = rem % outShape[i]
+      rem /= outShape[i]
+      ao += idx * aStrides[i]
+      bo += idx * bStrides[i]
+      i -= 1
+    }
+    return (ao, bo)
+  }
+}
+
+public enum BinaryOp: Sendable { case add, sub, mul, div }
+
+func binary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
+  let shape = a.shape == b.shape ? a.shape : broadcastShape(a.shape, b.shape)
+  let out = Tensor(empty: shape)
+  let ap = a.ptr, bp = b.ptr, op_ = out.ptr
+  @inline(__always) func apply(_ x: Float, _ y: Float) -> Float {
+    switch op { case .add: x + y; case .sub: x - y; case .mul: x * y; case .div: x / y }
+  }
+  if a.shape == b.shape {
+    parallelFor(out.count) { r in for i in r { op_[i] = apply(ap[i], bp[i]) } }
+  } else {
+    let w = BroadcastWalk(out: shape, a: a.shape, b: b.shape)
+    parallelFor(w.runs, grain: max(1, 16384 / max(w.inner, 1))) { runs in
+      for run in runs {
+        let (ao, bo) = w.offsets(run: run)
+        let o = op_ + run * w.inner
+        for j in 0..<w.inner { o[j] = apply(ap[ao + j * w.aStep], bp[bo + j * w.bStep]) }
+      }
+    }
+  }
+  return out.record([a, b]) { _, g in
+    // d/da and d/db of each op, as a function of (grad, a, b).
+    @inline(__always) func da(_ g: Float, _ x: Float, _ y: Float) -> Float {
+      switch op { case .add, .sub: g; case .mul: g * y; case .div: g / y }
+    }
+    @inline(__always) func db(_ g: Float, _ x: Float, _ y: Float) -> Float {
+      switch op { case .add: g; case .sub: -g; case .mul: g * x; case .div: -g * x / (y * y) }
+    }
+    if a.shape == b.shape {
+      if a.requiresGrad { let ga = a.gradPointer(); parallelFor(a.count) { r in for i in r { ga[i] += da(g[i], ap[i], bp[i]) } } }
+      if b.requiresGrad { let gb = b.gradPointer(); parallelFor(b.count) { r in for i in r { gb[i] += db(g[i], ap[i], bp[i]) } } }
+      return
+    }
+    // Broadcast inputs receive sums over the repeated axes: a serial walk keeps it race-free.
+    let w = BroadcastWalk(out: shape, a: a.shape, b: b.shape)
+    let ga = a.requiresGrad ? a.gradPointer() : nil
+    let gb = b.requiresGrad ? b.gradPointer() : nil
+    for run in 0..<w.runs {
+      let (ao, bo) = w.offsets(run: run)
+      let gr = g + run * w.inner
+      for j in 0..<w.inner {
+        let ai = ao + j * w.aStep, bi = bo + j * w.bStep
+        ga?[ai] += da(gr[j], ap[ai], bp[bi])
+        gb?[bi] += db(gr[j], ap[ai], bp[bi])
+      }
+    }
+  }
+}
+
+public func + (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .add) }
+public func - (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .sub) }
+public func * (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .mul) }
+public func / (a: Tensor, b: Tensor) -> Tensor { binary(a, b, .div) }
+
+/// y = s · x
+public func scale(_ x: Tensor, _ s: Float) -> Tensor {
+  let out = Tensor(empty: x.shape)
+  let xp = x.ptr, op = out.ptr
+  parallelFor(x.count) { r in for i in r { op[i] = xp[i] * s } }
+  return out.record([x]) { _, g in
+    let gx = x.gradPointer()
+    parallelFor(x.count) { r in for i in r { gx[i] += g[i] * s } }
+  }
+}
+public func * (x: Tensor, s: Float) -> Tensor { scale(x, s) }
+
+// MARK: Unary maps
+
+/// Elementwise map with its derivative given the input and the output.
+@inline(__always)
+func unary(_ x: Tensor, _ f: @escaping (Float) -> Float, _ df: @escaping (_ x: Float, _ y: Float) -> Float) -> Tensor {
+  let out = Tensor(empty: x.shape)
+  let xp = x.ptr, op = out.ptr
+  parallelFor(x.count, grain: 8192) { r in for i in r { op[i] = f(xp[i]) } }
+  return out.record([x]) { out, g in
+    let gx = x.gradPointer(), yp = out.ptr
+    parallelFor(x.count, grain: 8192) { r in for i in r { gx[i] += g[i] * df(xp[i], yp[i]) } }
+  }
+}
+
+public func exp(_ x: Tensor) -> Tensor { unary(x, { expf($0) }, { _, y in y }) }
+public func log(_ x: Tensor) -> Tensor { unary(x, { logf($0) }, { x, _ in 1 / x }) }
+public func sqrt(_ x: Tensor) -> Tensor { unary(x, { $0.squareRoot() }, { _, y in 0.5 / y }) }
+
+/// GELU with the exact erf (HF "gelu").
+public func gelu(_ x: Tensor) -> Tensor {
+  unary(x, { v in 0.5 * v * (1 + erff(v * 0.70710678118654752)) }) { v, _ in
+    let cdf = 0.5 * (1 + erff(v * 0.70710678118654752))
+    let pdf = expf(-0.5 * v * v) * 0.39894228040143268
+    return cdf + v * pdf
+  }
+}
+
+/// GELU, tanh approximation (HF "gelu_new" / "gelu_pytorch_tanh").
+public func geluTanh(_ x: Tensor) -> Tensor {
+  let c: Float = 0.79788456080286536  // √(2/π)
+  return unary(x, { v in 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v))) }) { v, _ in
+    let u = c * (v + 0.044715 * v * v * v)
+    let t = tanhf(u)
+    return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * c * (1 + 3 * 0.044715 * v * v)
+  }
+}
+
+/// x · σ(1.702 x), CLIP's activation.
+public func quickGelu(_ x: Tensor) -> Tensor {
+  unary(x, { v in v / (1 + expf(-1.702 * v)) }) { v, _ in
+    let s = 1 / (1 + expf(-1.702 * v))
+    return s + v * 1.702 * s * (1 - s)
+  }
+}
+
+/// x · σ(x), LLaMA/Qwen2's activation.
+public func silu(_ x: Tensor) -> Tensor {
+  unary(x, { v in v / (1 + expf(-v)) }) { v, _ in
+    let s = 1 / (1 + expf(-v))
+    return s * (1 + v * (1 - s))
+  }
+}
+
+/// Activation by its HF config name.
+public func activation(_ name: String, _ x: Tensor) -> Tensor {
+  switch name {
+  case "gelu": gelu(x)
+  case "gelu_new", "gelu_pytorch_tanh", "gelu_fast": geluTanh(x)
+  case "quick_gelu": quickGelu(x)
+  case "silu", "swish": silu(x)
+  default: preconditionFailure("unknown activation \(name) (known: gelu, gelu_new, gelu_pytorch_tanh, quick_gelu, silu)")
+  }
+}
+
+/// Inverted dropout with a seeded mask; identity when `p` is 0 or gradients are off.
+public func dropout(_ x: Tensor, p: Float, rng: inout PivotRNG, training: Bool = true) -> Tensor {
+  guard training, p > 0 else { return x }
+  let mask = Tensor(empty: x.shape)
+  let keep = 1 / (1 - p)
+  let mp = mask.ptr
+  for i in 0..<x.count { mp[i] = rng.uniform() < p ? 0 : keep }
+  return x * mask.detached()
+}

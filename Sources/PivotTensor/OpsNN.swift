@@ -1,0 +1,223 @@
+import Foundation
+
+// MARK: Normalisation and softmax (last axis)
+
+public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+  let c = x.size(-1), n = x.count / c
+  if let weight { precondition(weight.shape == [c], "layer norm weight \(weight.shape) for width \(c)") }
+  let out = Tensor(empty: x.shape)
+  let stats = Tensor(empty: [2, n])  // mean, rstd
+  Kernels.layerNormForward(out: out.ptr, mean: stats.ptr, rstd: stats.ptr + n, inp: x.ptr,
+                           weight: weight?.ptr, bias: bias?.ptr, n: n, c: c, eps: eps)
+  let inputs = [x] + [weight, bias].compactMap { $0 }
+  return out.record(inputs) { _, g in
+    Kernels.layerNormBackward(
+      dinp: x.requiresGrad ? x.gradPointer() : nil,
+      dweight: weight?.requiresGrad == true ? weight!.gradPointer() : nil,
+      dbias: bias?.requiresGrad == true ? bias!.gradPointer() : nil,
+      dout: g, inp: x.ptr, weight: weight?.ptr, mean: stats.ptr, rstd: stats.ptr + n, n: n, c: c)
+  }
+}
+
+public func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor {
+  let c = x.size(-1), n = x.count / c
+  precondition(weight.shape == [c], "RMS norm weight \(weight.shape) for width \(c)")
+  let out = Tensor(empty: x.shape)
+  let rstd = Tensor(empty: [n])
+  Kernels.rmsNormForward(out: out.ptr, rstd: rstd.ptr, inp: x.ptr, weight: weight.ptr, n: n, c: c, eps: eps)
+  return out.record([x, weight]) { _, g in
+    Kernels.rmsNormBackward(
+      dinp: x.requiresGrad ? x.gradPointer() : nil, dweight: weight.requiresGrad ? weight.gradPointer() : nil,
+      dout: g, inp: x.ptr, weight: weight.ptr, rstd: rstd.ptr, n: n, c: c)
+  }
+}
+
+public func softmax(_ x: Tensor) -> Tensor {
+  let c = x.size(-1), n = x.count / c
+  let out = Tensor(empty: x.shape)
+  Kernels.softmaxForward(out: out.ptr, inp: x.ptr, n: n, c: c)
+  return out.record([x]) { out, g in
+    Kernels.softmaxBackward(dinp: x.gradPointer(), dout: g, out: out.ptr, n: n, c: c)
+  }
+}
+
+public func logSoftmax(_ x: Tensor) -> Tensor {
+  let c = x.size(-1), n = x.count / c
+  let out = Tensor(empty: x.shape)
+  Kernels.logSoftmaxForward(out: out.ptr, inp: x.ptr, n: n, c: c)
+  return out.record([x]) { out, g in
+    Kernels.logSoftmaxBackward(dinp: x.gradPointer(), dout: g, out: out.ptr, n: n, c: c)
+  }
+}
+
+// MARK: Loss
+
+/// Mean cross-entropy of logits (N, V) against targets (N), skipping `ignoreIndex`
+/// (PyTorch's default −100). Returns a scalar; 0 when nothing is counted.
+public func crossEntropy(_ logits: Tensor, targets: [Int32], ignoreIndex: Int32 = -100) -> Tensor {
+  let v = logits.size(-1), n = logits.count / v
+  precondition(targets.count == n, "cross-entropy: \(targets.count) targets for \(n) rows of logits")
+  for t in targets where t != ignoreIndex {
+    precondition(t >= 0 && Int(t) < v, "cross-entropy target \(t) outside the vocabulary of \(v)")
+  }
+  let lse = Tensor(empty: [n])
+  let (total, counted) = targets.withUnsafeBufferPointer {
+    Kernels.crossEntropyForward(lse: lse.ptr, logits: logits.ptr, targets: $0.baseAddress!, n: n, v: v, ignoreIndex: ignoreIndex)
+  }
+  let out = Tensor([counted == 0 ? 0 : Float(total / Double(counted))], shape: [])
+  return out.record([logits]) { _, g in
+    guard counted > 0 else { return }
+    targets.withUnsafeBufferPointer {
+      Kernels.crossEntropyBackward(dlogits: logits.gradPointer(), dloss: g[0] / Float(counted), logits: logits.ptr,
+                                   lse: lse.ptr, targets: $0.baseAddress!, n: n, v: v, ignoreIndex: ignoreIndex)
+    }
+  }
+}
+
+// MARK: Attention
+
+/// Rotary embedding on x (B, T, NH, HS) at the given positions (T, shared by the batch,
+/// or B·T), HF `rotate_half` convention.
+public func rope(_ x: Tensor, positions: [Int], theta: Float) -> Tensor {
+  precondition(x.rank == 4, "rope expects (B, T, NH, HS), got \(x.shape)")
+  let (b, t, nh, hs) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+  precondition(positions.count == t || positions.count == b * t, "rope: \(positions.count) positions for B=\(b), T=\(t)")
+  let perBatch = positions.count == b * t && b > 1
+  let (cosT, sinT) = Kernels.ropeTables(positions: positions, headSize: hs, theta: theta)
+  let out = Tensor(empty: x.shape)
+  Kernels.rope(out: out.ptr, inp: x.ptr, cos: cosT, sin: sinT, b: b, t: t, nh: nh, hs: hs, perBatch: perBatch, sign: 1, accumulate: false)
+  return out.record([x]) { _, g in
+    Kernels.rope(out: x.gradPointer(), inp: g, cos: cosT, sin: sinT, b: b, t: t, nh: nh, hs: hs, perBatch: perBatch, sign: -1, accumulate: true)
+  }
+}
+
+/// Scaled dot-product attention. q (B, T, NH, HS); k, v (B, S, NKV, HS) with NH a multiple
+/// of NKV (grouped-query heads); keyMask (B, S), 1 = attend. Returns (B, T, NH, HS).
+/// With `causal`, query i (at absolute position S − T + i) sees keys 0…S − T + i.
+public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, causal: Bool, keyMask: Tensor? = nil, scale: Float? = nil) -> Tensor {
+  precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention expects rank-4 q, k, v")
+  let (b, t, nh, hs) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+  let (s, nkv) = (k.shape[1], k.shape[2])
+  precondition(k.shape == [b, s, nkv, hs] && v.shape == k.shape, "attention: q \(q.shape), k \(k.shape), v \(v.shape)")
+  precondition(nh % nkv == 0, "attention: \(nh) query heads not a multiple of \(nkv) key/value heads")
+  if let keyMask { precondition(keyMask.shape == [b, s], "key mask \(keyMask.shape), expected [\(b), \(s)]") }
+  let shape = Kernels.AttentionShape(b: b, t: t, s: s, nh: nh, nkv: nkv, hs: hs, scale: scale, causal: causal)
+  let out = Tensor(empty: q.shape)
+  let probs = Tensor(empty: [b, nh, t, s])  // (B, NH, T, S)
+  Kernels.attentionForward(out: out.ptr, probs: probs.ptr, q: q.ptr, k: k.ptr, v: v.ptr, keyMask: keyMask?.ptr, shape: shape)
+  return out.record([q, k, v]) { _, g in
+    let scratch = Tensor(empty: [t, s])
+    Kernels.attentionBackward(
+      dq: q.requiresGrad ? q.gradPointer() : nil, dk: k.requiresGrad ? k.gradPointer() : nil,
+      dv: v.requiresGrad ? v.gradPointer() : nil, scratch: scratch.ptr, dout: g, probs: probs.ptr,
+      q: q.ptr, k: k.ptr, v: v.ptr, shape: shape)
+  }
+}
+
+// MARK: Lookup
+
+/// Rows of `weight` (V, C) picked by `ids`; the result has shape `idsShape + [C]`.
+/// Backward scatter-adds into the weight's gradient.
+public func embedding(_ ids: [Int32], shape idsShape: [Int], weight: Tensor) -> Tensor {
+  let c = weight.size(-1), v = weight.shape[0]
+  precondition(ids.count == idsShape.reduce(1, *), "embedding: \(ids.count) ids for shape \(idsShape)")
+  let out = Tensor(empty: idsShape + [c])
+  let wp = weight.ptr, op = out.ptr
+  for (r, id) in ids.enumerated() {
+    precondition(id >= 0 && Int(id) < v, "token id \(id) outside the embedding table of \(v) rows")
+    (op + r * c).update(from: wp + Int(id) * c, count: c)
+  }
+  return out.record([weight]) { _, g in
+    let gw = weight.gradPointer()
+    for (r, id) in ids.enumerated() {
+      let dst = gw + Int(id) * c, src = g + r * c
+      for j in 0..<c { dst[j] += src[j] }
+    }
+  }
+}
+
+/// Rows `rows` of x viewed as (N, C): the LM head then runs only where labels count.
+public func gatherRows(_ x: Tensor, rows: [Int]) -> Tensor {
+  let c = x.size(-1), n = x.count / c
+  let out = Tensor(empty: [rows.count, c])
+  for (i, r) in rows.enumerated() {
+    precondition(r >= 0 && r < n, "gatherRows: row \(r) of \(n)")
+    (out.ptr + i * c).update(from: x.ptr + r * c, count: c)
+  }
+  return out.record([x]) { _, g in
+    let gx = x.gradPointer()
+    for (i, r) in rows.enumerated() {
+      let dst = gx + r * c, src = g + i * c
+      for j in 0..<c { dst[j] += src[j] }
+    }
+  }
+}
+
+/// x (…, C) with the rows `rows` (as a flat (N, C) view) replaced by the rows of `src` (len(rows), C):
+/// how soft image tokens take the place of the image slot's placeholder embeddings.
+public func scatterRows(_ x: Tensor, rows: [Int], from src: Tensor) -> Tensor {
+  let c = x.size(-1), n = x.count / c
+  precondition(src.shape == [rows.count, c], "scatterRows: source \(src.shape) for \(rows.count) rows of width \(c)")
+  let out = x.clone()
+  for (i, r) in rows.enumerated() {
+    precondition(r >= 0 && r < n, "scatterRows: row \(r) of \(n)")
+    (out.ptr + r * c).update(from: src.ptr + i * c, count: c)
+  }
+  let replaced = Set(rows)
+  return out.record([x, src]) { _, g in
+    if x.requiresGrad {
+      let gx = x.gradPointer()
+      for r in 0..<n where !replaced.contains(r) {
+        let dst = gx + r * c, s = g + r * c
+        for j in 0..<c { dst[j] += s[j] }
+      }
+    }
+    if src.requiresGrad {
+      let gs = src.gradPointer()
+      for (i, r) in rows.enumerated() {
+        let dst = gs + i * c, s = g + r * c
+        for j in 0..<c { dst[j] += s[j] }
+      }
+    }
+  }
+}
+
+// MARK: Patch embedding
+
+/// Non-overlapping P×P patches of images (B, Cin, H, W) as rows (B, NP, Cin·P·P), patch order
+/// row-major, features ordered (cin, y, x) to match a conv weight (C, Cin, P, P).
+public func unfoldPatches(_ images: Tensor, patch p: Int) -> Tensor {
+  precondition(images.rank == 4, "patches expect (B, C, H, W), got \(images.shape)")
+  let (b, cin, h, w) = (images.shape[0], images.shape[1], images.shape[2], images.shape[3])
+  precondition(h % p == 0 && w % p == 0, "image \(h)×\(w) is not a multiple of the patch size \(p)")
+  let gh = h / p, gw = w / p, np = gh * gw, f = cin * p * p
+  let out = Tensor(empty: [b, np, f])
+  @inline(__always) func walk(_ body: (_ patchIndex: Int, _ pixelIndex: Int, _ count: Int) -> Void) {
+    for bi in 0..<b {
+      for py in 0..<gh {
+        for px in 0..<gw {
+          let row = (bi * np + py * gw + px) * f
+          for c in 0..<cin {
+            for y in 0..<p {
+              let src = ((bi * cin + c) * h + py * p + y) * w + px * p
+              body(row + (c * p + y) * p, src, p)
+            }
+          }
+        }
+      }
+    }
+  }
+  let ip = images.ptr, op = out.ptr
+  walk { dst, src, n in (op + dst).update(from: ip + src, count: n) }
+  return out.record([images]) { _, g in
+    let gi = images.gradPointer()
+    walk { dst, src, n in for j in 0..<n { gi[src + j] += g[dst + j] } }
+  }
+}
+
+/// A stride = kernel conv2d, as unfold + GEMM: images (B, Cin, H, W), weight (C, Cin, P, P) → (B, NP, C).
+public func patchEmbed(_ images: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+  let p = weight.shape[2]
+  let cols = unfoldPatches(images, patch: p)
+  return linear(cols, reshape(weight, [weight.shape[0], weight.count / weight.shape[0]]), bias)
+}
