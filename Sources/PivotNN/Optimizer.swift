@@ -173,7 +173,7 @@ public final class AdamW: @unchecked Sendable {
   }
 }
 
-/// Learning rate as a function of the step (1-based, as the optimizer counts).
+/// Learning rate for update number `step` (0-based): warm-up reaches the peak on step warmup − 1.
 public enum LRSchedule: Sendable, Codable, Equatable {
   case constant
   /// Linear warm-up from 0, then cosine decay to `minRatio` · peak at `totalSteps`.
@@ -186,7 +186,7 @@ public enum LRSchedule: Sendable, Codable, Equatable {
     case .constant:
       return peak
     case .cosine(let warmup, let total, let minRatio), .linear(let warmup, let total, let minRatio):
-      if step < warmup { return peak * Float(step + 1) / Float(warmup + 1) }
+      if step < warmup { return peak * Float(step + 1) / Float(warmup) }
       let span = max(1, total - warmup)
       let progress = min(1, Float(step - warmup) / Float(span))
       let shape: Float

@@ -147,7 +147,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
       cursor = entry.range.upperBound
     }
     guard cursor == dataLen else {
-      throw fail("data section is \(dataLen) bytes but the tensors cover \(cursor)", cursor < dataLen ? "trailing bytes after the last tensor" : "the file is truncated")
+      throw fail("\(dataLen - cursor) trailing bytes: the data section is \(dataLen) bytes but the tensors cover \(cursor)")
     }
     self.entries = entries
     self.metadata = metadata
