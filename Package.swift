@@ -22,13 +22,15 @@ let package = Package(
     .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
     .target(name: "PivotTensor", dependencies: ["COpenBLAS"], swiftSettings: fast),
     .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: fast),
+    .target(name: "PivotModels", dependencies: ["PivotNN"], swiftSettings: fast),
     .executableTarget(
       name: "pivot",
       dependencies: [
-        "PivotTensor", "PivotNN", "COpenBLAS",
+        "PivotTensor", "PivotNN", "PivotModels", "COpenBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(name: "PivotTensorTests", dependencies: ["PivotTensor", "PivotNN"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotNNTests", dependencies: ["PivotNN"], resources: [.copy("Fixtures")]),
+    .testTarget(name: "PivotModelsTests", dependencies: ["PivotModels"], resources: [.copy("Fixtures")]),
   ]
 )

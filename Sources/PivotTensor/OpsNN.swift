@@ -221,3 +221,18 @@ public func patchEmbed(_ images: Tensor, weight: Tensor, bias: Tensor?) -> Tenso
   let cols = unfoldPatches(images, patch: p)
   return linear(cols, reshape(weight, [weight.shape[0], weight.count / weight.shape[0]]), bias)
 }
+
+/// Inference-only attention against a KV cache. q (B, T, NH, HS); `keys`/`values` are cache
+/// buffers (B, capacity, NKV, HS) whose first `length` rows are valid (the T new ones included).
+/// Causal: new row i sits at position length − T + i. Records no gradient.
+public func cachedAttention(_ q: Tensor, keys: Tensor, values: Tensor, length: Int) -> Tensor {
+  let (b, t, nh, hs) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+  let (capacity, nkv) = (keys.shape[1], keys.shape[2])
+  precondition(keys.shape == [b, capacity, nkv, hs] && values.shape == keys.shape, "cache \(keys.shape) for q \(q.shape)")
+  precondition(length <= capacity && length >= t, "cache length \(length) for \(t) new rows and capacity \(capacity)")
+  let shape = Kernels.AttentionShape(b: b, t: t, s: length, nh: nh, nkv: nkv, hs: hs, kvBatchStride: capacity * nkv * hs, causal: true)
+  let out = Tensor(empty: q.shape)
+  let probs = Tensor(empty: [b, nh, t, length])
+  Kernels.attentionForward(out: out.ptr, probs: probs.ptr, q: q.ptr, k: keys.ptr, v: values.ptr, keyMask: nil, shape: shape)
+  return out
+}

@@ -1,9 +1,137 @@
 import ArgumentParser
+import COpenBLAS
 import Foundation
+import PivotNN
 import PivotTensor
 
+/// `pivot bench`: the performance figures, one JSON object per line on stdout (the same field
+/// names as shared/bench/torch_ref.py), a readable table on stderr.
 struct Bench: ParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "Measure Pivot's performance (same phases and shapes as shared/bench).")
-  @Option(help: "Phase: gemm.") var phase: String = "gemm"
-  func run() throws { print("bench \(phase)") }
+  static let configuration = CommandConfiguration(
+    abstract: "Measure Pivot's performance (the phases and shapes of shared/bench).",
+    discussion: "Phases: gemm. Each prints JSON lines with calib_gflops_before/after, the 1024³ probe that tells the machine's fast and slow states apart.")
+
+  @Option(help: "Phase to measure: gemm.") var phase: String = "gemm"
+  @Option(help: "Benchmark scale (tiny, small, qwen0.5b) for model phases.") var scale: String = "small"
+  @Option(help: "Worker threads (Pivot and OpenBLAS).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+  @Option(help: "Seconds of timed repetitions per measurement.") var seconds: Double = 1.5
+
+  func validate() throws {
+    guard ["gemm"].contains(phase) else { throw ValidationError("unknown phase '\(phase)' (known: gemm)") }
+  }
+
+  func run() throws {
+    Threads.set(threads)
+    switch phase {
+    case "gemm": try GemmBench(threads: threads, seconds: seconds).run()
+    default: break
+    }
+  }
+}
+
+enum BenchClock {
+  static func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+  }
+
+  /// Runs `body` `warmup` times, then until `seconds` have passed (at least `minReps` times);
+  /// returns every timed repetition in seconds.
+  static func repeatTimed(warmup: Int = 1, seconds: Double, minReps: Int = 3, _ body: () -> Void) -> [Double] {
+    for _ in 0..<warmup { body() }
+    var times: [Double] = []
+    let start = now()
+    while times.count < minReps || now() - start < seconds {
+      let t0 = now()
+      body()
+      times.append(now() - t0)
+    }
+    return times
+  }
+
+  static func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+  }
+
+  /// GFLOP/s of a 1024³ cblas SGEMM over about half a second: the machine-state probe.
+  static func calibrationGflops() -> Double {
+    let n = 1024
+    let a = Tensor.full([n, n], 0.5), b = Tensor.full([n, n], 0.25), c = Tensor(empty: [n, n])
+    let times = repeatTimed(warmup: 1, seconds: 0.5) {
+      sgemm(transA: false, transB: false, m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n)
+    }
+    return 2 * Double(n * n * n) / median(times) / 1e9
+  }
+
+  static func peakRSSMiB() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_maxrss) / 1024
+  }
+}
+
+/// Prints one JSON object per line with sorted keys.
+func emitJSON(_ record: [String: Any]) {
+  if let data = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]),
+    let line = String(data: data, encoding: .utf8)
+  {
+    print(line)
+    fflush(nil)
+  }
+}
+
+/// Pads to a column width counted in characters (format's %-Ns counts bytes and ignores NSString widths).
+func pad(_ s: String, _ width: Int, right: Bool = false) -> String {
+  let fill = String(repeating: " ", count: max(0, width - s.count))
+  return right ? fill + s : s + fill
+}
+
+func eprint(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
+
+/// The engine's matmul against raw cblas_sgemm on the same buffers: the op layer's cost.
+struct GemmBench {
+  let threads: Int
+  let seconds: Double
+
+  func run() throws {
+    let shapes: [(String, Int, Int, Int)] = [
+      ("512^3", 512, 512, 512), ("1024^3", 1024, 1024, 1024), ("qwen0.5b mlp up 256x896x4864", 256, 896, 4864),
+    ]
+    let calibBefore = BenchClock.calibrationGflops()
+    eprint("OpenBLAS core: \(Threads.blasCore), threads: \(threads)")
+    eprint(pad("shape M×K×N", 32) + pad("cblas GF/s", 12, right: true) + pad("pivot GF/s", 12, right: true) + pad("ratio", 8, right: true))
+    var rows: [[String: Any]] = []
+    for (label, m, k, n) in shapes {
+      var rng = PivotRNG(seed: 1)
+      let a = Tensor(empty: [m, k]), b = Tensor(empty: [k, n])
+      rng.fillUniform(a, low: -1, high: 1)
+      rng.fillUniform(b, low: -1, high: 1)
+      let c = Tensor(empty: [m, n])
+      let flops = 2 * Double(m) * Double(n) * Double(k)
+      // Interleave the two so a change of machine state hits both alike.
+      var raw: [Double] = [], op: [Double] = []
+      for _ in 0..<3 {
+        raw += BenchClock.repeatTimed(seconds: seconds / 3) {
+          sgemm(transA: false, transB: false, m: m, n: n, k: k, a: a.ptr, lda: k, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n)
+        }
+        op += BenchClock.repeatTimed(seconds: seconds / 3) { _ = noGrad { matmul(a, b) } }
+      }
+      let rawGF = flops / BenchClock.median(raw) / 1e9, opGF = flops / BenchClock.median(op) / 1e9
+      eprint(pad(label, 32) + pad(String(format: "%.1f", rawGF), 12, right: true) + pad(String(format: "%.1f", opGF), 12, right: true)
+        + pad(String(format: "%.3f", opGF / rawGF), 8, right: true))
+      rows.append(["shape": label, "m": m, "k": k, "n": n, "cblas_gflops": rawGF, "pivot_gflops": opGF, "pivot_over_cblas": opGF / rawGF])
+    }
+    let calibAfter = BenchClock.calibrationGflops()
+    for var r in rows {
+      r["phase"] = "gemm"
+      r["threads"] = threads
+      r["blas_core"] = Threads.blasCore
+      r["calib_gflops_before"] = calibBefore
+      r["calib_gflops_after"] = calibAfter
+      emitJSON(r)
+    }
+    eprint(String(format: "calibration probe: %.0f GFLOP/s before, %.0f after", calibBefore, calibAfter))
+  }
 }

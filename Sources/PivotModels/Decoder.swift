@@ -1,0 +1,143 @@
+import Foundation
+import PivotNN
+import PivotTensor
+
+/// Keys and values of past positions for each layer, so each generated token costs one
+/// position's work. Buffers are (B, capacity, NKV, HS).
+public final class KVCache: @unchecked Sendable {
+  public let batch: Int
+  public let capacity: Int
+  public internal(set) var length = 0
+  let keys: [Tensor]
+  let values: [Tensor]
+
+  public init(config: DecoderConfig, batch: Int = 1, capacity: Int) {
+    self.batch = batch
+    self.capacity = capacity
+    let shape = [batch, capacity, config.numKeyValueHeads, config.resolvedHeadDim]
+    keys = (0..<config.numHiddenLayers).map { _ in Tensor(empty: shape) }
+    values = (0..<config.numHiddenLayers).map { _ in Tensor(empty: shape) }
+  }
+
+  public func reset() { length = 0 }
+
+  /// Writes new rows (B, T, NKV, HS) at positions length..<length + T.
+  func append(layer: Int, k: Tensor, v: Tensor) {
+    let (b, t) = (k.shape[0], k.shape[1])
+    let row = k.shape[2] * k.shape[3]
+    precondition(length + t <= capacity, "KV cache full: \(length) + \(t) > \(capacity)")
+    for bi in 0..<b {
+      (keys[layer].ptr + (bi * capacity + length) * row).update(from: k.ptr + bi * t * row, count: t * row)
+      (values[layer].ptr + (bi * capacity + length) * row).update(from: v.ptr + bi * t * row, count: t * row)
+    }
+  }
+}
+
+/// HF `Qwen2ForCausalLM` / `LlamaForCausalLM`: RMSNorm, RoPE, SwiGLU, grouped-query attention,
+/// optional q/k/v bias, tied or untied LM head.
+public final class DecoderLM: Module, @unchecked Sendable {
+  public final class Attention: Module, @unchecked Sendable {
+    public let qProj, kProj, vProj, oProj: Linear
+    init(_ c: DecoderConfig, rng: inout PivotRNG) {
+      let hs = c.resolvedHeadDim, std = c.initializerRange
+      qProj = Linear(c.hiddenSize, c.numAttentionHeads * hs, bias: c.qkvBias, std: std, rng: &rng)
+      kProj = Linear(c.hiddenSize, c.numKeyValueHeads * hs, bias: c.qkvBias, std: std, rng: &rng)
+      vProj = Linear(c.hiddenSize, c.numKeyValueHeads * hs, bias: c.qkvBias, std: std, rng: &rng)
+      oProj = Linear(c.numAttentionHeads * hs, c.hiddenSize, bias: c.oBias, std: std, rng: &rng)
+    }
+  }
+  public final class MLP: Module, @unchecked Sendable {
+    public let gateProj, upProj, downProj: Linear
+    init(_ c: DecoderConfig, rng: inout PivotRNG) {
+      gateProj = Linear(c.hiddenSize, c.intermediateSize, bias: c.mlpBias, std: c.initializerRange, rng: &rng)
+      upProj = Linear(c.hiddenSize, c.intermediateSize, bias: c.mlpBias, std: c.initializerRange, rng: &rng)
+      downProj = Linear(c.intermediateSize, c.hiddenSize, bias: c.mlpBias, std: c.initializerRange, rng: &rng)
+    }
+  }
+  public final class Layer: Module, @unchecked Sendable {
+    public let selfAttn: Attention
+    public let mlp: MLP
+    public let inputLayernorm, postAttentionLayernorm: RMSNorm
+    init(_ c: DecoderConfig, rng: inout PivotRNG) {
+      selfAttn = Attention(c, rng: &rng)
+      mlp = MLP(c, rng: &rng)
+      inputLayernorm = RMSNorm(c.hiddenSize, eps: c.rmsNormEps)
+      postAttentionLayernorm = RMSNorm(c.hiddenSize, eps: c.rmsNormEps)
+    }
+  }
+  public final class Body: Module, @unchecked Sendable {
+    public let embedTokens: Embedding
+    public let layers: [Layer]
+    public let norm: RMSNorm
+    init(_ c: DecoderConfig, rng: inout PivotRNG) {
+      embedTokens = Embedding(c.vocabSize, c.hiddenSize, std: c.initializerRange, rng: &rng)
+      layers = (0..<c.numHiddenLayers).map { _ in Layer(c, rng: &rng) }
+      norm = RMSNorm(c.hiddenSize, eps: c.rmsNormEps)
+    }
+  }
+
+  public let config: DecoderConfig
+  public let model: Body
+  /// nil when the head is tied to the input embeddings.
+  public let lmHead: Linear?
+
+  public init(_ config: DecoderConfig, seed: UInt64 = 0) {
+    self.config = config
+    var rng = PivotRNG(seed: seed)
+    model = Body(config, rng: &rng)
+    lmHead = config.tieWordEmbeddings ? nil : Linear(config.hiddenSize, config.vocabSize, bias: false, std: config.initializerRange, rng: &rng)
+  }
+
+  public var headWeight: Tensor { lmHead?.weight ?? model.embedTokens.weight }
+
+  public func embed(_ ids: [Int32], shape: [Int]) -> Tensor { model.embedTokens(ids, shape: shape) }
+
+  /// Hidden states (B, T, C) before the final norm. Positions default to 0..<T, or continue
+  /// the cache. With a cache (inference) the new keys and values are appended to it.
+  public func hiddenStates(_ x: Tensor, positions: [Int]? = nil, cache: KVCache? = nil) -> Tensor {
+    let (b, t) = (x.shape[0], x.shape[1])
+    let c = config, hs = c.resolvedHeadDim
+    let start = cache?.length ?? 0
+    let pos = positions ?? Array(start..<(start + t))
+    var h = x
+    for (i, layer) in model.layers.enumerated() {
+      let a = layer.selfAttn
+      let y = layer.inputLayernorm(h)
+      let q = rope(reshape(a.qProj(y), [b, t, c.numAttentionHeads, hs]), positions: pos, theta: c.ropeTheta)
+      let k = rope(reshape(a.kProj(y), [b, t, c.numKeyValueHeads, hs]), positions: pos, theta: c.ropeTheta)
+      let v = reshape(a.vProj(y), [b, t, c.numKeyValueHeads, hs])
+      let attn: Tensor
+      if let cache {
+        cache.append(layer: i, k: k, v: v)
+        attn = cachedAttention(q, keys: cache.keys[i], values: cache.values[i], length: start + t)
+      } else {
+        attn = attention(q, k, v, causal: true)
+      }
+      h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
+      let z = layer.postAttentionLayernorm(h)
+      h = h + layer.mlp.downProj(silu(layer.mlp.gateProj(z)) * layer.mlp.upProj(z))
+    }
+    cache?.length = start + t
+    return h
+  }
+
+  /// Final norm and LM head on rows (N, C) → logits (N, V).
+  public func logits(_ hidden: Tensor) -> Tensor { linear(model.norm(hidden), headWeight) }
+
+  /// HF's causal-LM loss over hidden (B, T, C) and unshifted labels (B·T, −100 = ignore):
+  /// position t predicts labels[t + 1]. The head runs only on rows whose target counts.
+  public func causalLMLoss(_ hidden: Tensor, labels: [Int32]) -> (loss: Tensor, counted: Int) {
+    let (b, t) = (hidden.shape[0], hidden.shape[1])
+    precondition(labels.count == b * t, "\(labels.count) labels for B=\(b), T=\(t)")
+    var rows: [Int] = [], targets: [Int32] = []
+    for r in 0..<b {
+      for i in 0..<(t - 1) where labels[r * t + i + 1] != -100 {
+        rows.append(r * t + i)
+        targets.append(labels[r * t + i + 1])
+      }
+    }
+    if rows.isEmpty { return (sum(scale(hidden, 0)), 0) }
+    let picked = gatherRows(hidden, rows: rows)  // (N, C)
+    return (crossEntropy(logits(picked), targets: targets), rows.count)
+  }
+}

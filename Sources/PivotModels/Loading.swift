@@ -1,0 +1,193 @@
+import Foundation
+import PivotNN
+import PivotTensor
+
+/// Loading is: read every shard → a per-model `sanitize` (renames, drops) → verify
+/// (missing, unused and mis-shaped keys, all listed at once) → copy or map.
+public enum ModelFolder {
+  public static func config(_ dir: String) throws -> AnyModelConfig {
+    try AnyModelConfig.read((dir as NSString).appendingPathComponent("config.json"))
+  }
+
+  /// Every tensor of a checkpoint folder, by name (mapped, converted to float32 where needed).
+  public static func weights(_ dir: String) throws -> [String: Tensor] {
+    let ckpt = try SafeTensorsCheckpoint(path: dir)
+    var out: [String: Tensor] = [:]
+    for name in ckpt.names {
+      guard let e = ckpt.entry(name), [.f32, .f16, .bf16, .f64].contains(e.dtype) else { continue }
+      out[name] = try ckpt.tensor(name)
+    }
+    return out
+  }
+
+  /// Loads `module` from `dir` after `sanitize`, mapping F32 tensors instead of copying.
+  static func load(_ module: Module, from dir: String, sanitize: ([String: Tensor]) -> [String: Tensor], allowMissing: Set<String> = []) throws {
+    let raw = try weights(dir)
+    try module.load(sanitize(raw), source: dir, allowMissing: allowMissing, zeroCopy: true)
+  }
+}
+
+extension CLIPVisionModel {
+  /// Accepts transformers 5 names and the `vision_model.`-prefixed names of older
+  /// CLIPVisionModel and full CLIPModel checkpoints (whose text half is dropped).
+  public static func sanitize(_ w: [String: Tensor]) -> [String: Tensor] {
+    let prefixed = w.keys.contains { $0.hasPrefix("vision_model.") }
+    var out: [String: Tensor] = [:]
+    for (k, v) in w where !k.hasSuffix("position_ids") {
+      if prefixed {
+        if k.hasPrefix("vision_model.") { out[String(k.dropFirst("vision_model.".count))] = v }
+      } else if !k.hasPrefix("text_model.") && !["visual_projection.weight", "text_projection.weight", "logit_scale"].contains(k) {
+        out[k] = v
+      }
+    }
+    return out
+  }
+}
+
+extension Dinov2Model {
+  public static func sanitize(_ w: [String: Tensor]) -> [String: Tensor] {
+    var out: [String: Tensor] = [:]
+    let renames = [(".attention.attention.query.", ".attention.q_proj."), (".attention.attention.key.", ".attention.k_proj."),
+                   (".attention.attention.value.", ".attention.v_proj."), (".attention.output.dense.", ".attention.o_proj.")]
+    for (k, v) in w where !k.hasPrefix("pooler") {
+      var name = k.hasPrefix("dinov2.") ? String(k.dropFirst(7)) : k
+      for (old, new) in renames { name = name.replacingOccurrences(of: old, with: new) }
+      out[name] = v
+    }
+    return out
+  }
+}
+
+extension QFormer {
+  /// Accepts a Blip2QFormerModel folder or the `qformer.*` part of a full BLIP-2 checkpoint.
+  public static func sanitize(_ w: [String: Tensor]) -> [String: Tensor] {
+    var out: [String: Tensor] = [:]
+    let hasPrefix = w.keys.contains { $0.hasPrefix("qformer.") }
+    for (k, v) in w {
+      if hasPrefix { if k.hasPrefix("qformer.") { out[String(k.dropFirst(8))] = v } } else if !k.hasPrefix("embeddings.") { out[k] = v }
+    }
+    return out
+  }
+}
+
+extension DecoderLM {
+  /// Drops rotary buffers older checkpoints carry and a duplicate head when tied.
+  public static func sanitize(_ w: [String: Tensor], config: DecoderConfig) -> [String: Tensor] {
+    w.filter { k, _ in !k.hasSuffix("rotary_emb.inv_freq") && !(config.tieWordEmbeddings && k == "lm_head.weight") }
+  }
+
+  /// An HF `Qwen2ForCausalLM` / `LlamaForCausalLM` folder.
+  public static func load(folder dir: String) throws -> DecoderLM {
+    guard case .decoder(let config) = try ModelFolder.config(dir) else {
+      throw ModelLoadError(file: (dir as NSString).appendingPathComponent("config.json"), reason: "not a decoder LLM config", hint: "expected model_type qwen2 or llama")
+    }
+    let model = DecoderLM(config)
+    try ModelFolder.load(model, from: dir) { sanitize($0, config: config) }
+    return model
+  }
+}
+
+/// A vision tower from an HF folder (CLIPVisionModel, CLIPModel or Dinov2Model).
+public func loadVisionTower(folder dir: String, inputSize: Int? = nil) throws -> any VisionTower {
+  guard case .vision(let config) = try ModelFolder.config(dir) else {
+    throw ModelLoadError(file: (dir as NSString).appendingPathComponent("config.json"), reason: "not a vision tower config", hint: "expected clip_vision_model, clip or dinov2")
+  }
+  switch config {
+  case .clip(let c):
+    let m = CLIPVisionModel(c)
+    try ModelFolder.load(m, from: dir, sanitize: CLIPVisionModel.sanitize)
+    return m
+  case .dinov2(let c):
+    let m = Dinov2Model(c, inputSize: inputSize)
+    try ModelFolder.load(m, from: dir, sanitize: Dinov2Model.sanitize, allowMissing: ["embeddings.mask_token"])
+    return m
+  }
+}
+
+extension ChatModel {
+  /// Composes a model from HF folders. The vision tower and the LLM load their weights; the
+  /// Q-Former loads from `qformer` when given (a Blip2QFormerModel or BLIP-2 folder), otherwise
+  /// it and the projection start from HF's initialisation.
+  public static func compose(
+    vision visionDir: String, llm llmDir: String, qformer qformerDir: String? = nil, qformerConfig: QFormerConfig? = nil,
+    numQueryTokens: Int = 32, imageSize: Int? = nil, featureLayer: Int = -1, imageTokenId: Int32, chatTemplate: String = "chatml", seed: UInt64 = 0
+  ) throws -> ChatModel {
+    guard case .vision(let vision) = try ModelFolder.config(visionDir) else {
+      throw ModelLoadError(file: visionDir, reason: "not a vision tower folder")
+    }
+    guard case .decoder(let decoder) = try ModelFolder.config(llmDir) else {
+      throw ModelLoadError(file: llmDir, reason: "not a decoder LLM folder")
+    }
+    var q: QFormerConfig
+    if let qformerDir {
+      guard case .qformer(let qc) = try ModelFolder.config(qformerDir) else { throw ModelLoadError(file: qformerDir, reason: "not a Q-Former folder") }
+      q = qc
+    } else {
+      q = qformerConfig ?? QFormerConfig()
+    }
+    q.encoderHiddenSize = vision.hiddenSize
+    let config = ChatModelConfig(vision: vision, qformer: q, decoder: decoder, numQueryTokens: numQueryTokens, imageSize: imageSize,
+                                 featureLayer: featureLayer, imageTokenId: imageTokenId, chatTemplate: chatTemplate)
+    let model = ChatModel(config, seed: seed)
+    let towerNames = Set(model.visionTower.namedParameters().map(\.0))
+    switch vision {
+    case .clip: try ModelFolder.load(model.visionTower, from: visionDir, sanitize: CLIPVisionModel.sanitize)
+    case .dinov2: try ModelFolder.load(model.visionTower, from: visionDir, sanitize: Dinov2Model.sanitize, allowMissing: towerNames.filter { $0.hasSuffix("mask_token") })
+    }
+    try ModelFolder.load(model.languageModel, from: llmDir) { DecoderLM.sanitize($0, config: decoder) }
+    if let qformerDir {
+      let raw = try ModelFolder.weights(qformerDir)
+      try model.qformer.load(QFormer.sanitize(raw), source: qformerDir, allowUnused: true, zeroCopy: true)
+      if let qt = raw["query_tokens"] { try model.load(["query_tokens": qt], source: qformerDir, allowUnused: true, allowMissing: Set(model.namedParameters().map(\.0)).subtracting(["query_tokens"])) }
+    }
+    return model
+  }
+
+  /// A Pivot model folder: `pivot_config.json` + `model.safetensors` with every weight.
+  public static func load(folder dir: String) throws -> ChatModel {
+    let config = try ChatModelConfig.read((dir as NSString).appendingPathComponent("pivot_config.json"))
+    let model = ChatModel(config)
+    try model.load(try ModelFolder.weights(dir), source: dir, allowMissing: Set(model.namedParameters().map(\.0).filter { $0.hasSuffix("mask_token") }), zeroCopy: true)
+    return model
+  }
+
+  /// Writes a Pivot model folder (atomically per file).
+  public func save(folder dir: String, dtype: SafeTensorsDType = .f32) throws {
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try writeJSON(config.json, to: (dir as NSString).appendingPathComponent("pivot_config.json"))
+    try writeSafeTensors(namedParameters(), to: URL(fileURLWithPath: dir).appendingPathComponent("model.safetensors"),
+                         metadata: ["format": "pt", "producer": "pivot"], dtype: dtype)
+  }
+
+  /// HF-layout folders that `transformers` loads: `vision/` (CLIPVisionModel or Dinov2Model),
+  /// `qformer/` (Blip2QFormerModel; `projector.safetensors` beside it holds `query_tokens` and
+  /// `language_projection.*`), `llm/` (Qwen2ForCausalLM or LlamaForCausalLM).
+  public func exportHF(to dir: String, tokenizerFile: String? = nil) throws {
+    let fm = FileManager.default
+    let parts: [(String, [String: Any], [(String, Tensor)])] = [
+      ("vision", config.vision.json, visionTower.namedParameters()),
+      ("qformer", config.qformer.json.merging(["architectures": ["Blip2QFormerModel"]]) { a, _ in a }, qformer.namedParameters()),
+      ("llm", config.decoder.json, languageModel.namedParameters()),
+    ]
+    for (sub, cfg, params) in parts {
+      let path = (dir as NSString).appendingPathComponent(sub)
+      try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
+      try writeJSON(cfg, to: (path as NSString).appendingPathComponent("config.json"))
+      try writeSafeTensors(params, to: URL(fileURLWithPath: path).appendingPathComponent("model.safetensors"), metadata: ["format": "pt"])
+    }
+    let projector = [("query_tokens", queryTokens)] + languageProjection.namedParameters(prefix: "language_projection")
+    try writeSafeTensors(projector, to: URL(fileURLWithPath: dir).appendingPathComponent("qformer/projector.safetensors"), metadata: ["format": "pt"])
+    if let tokenizerFile {
+      let dst = ((dir as NSString).appendingPathComponent("llm") as NSString).appendingPathComponent("tokenizer.json")
+      try? fm.removeItem(atPath: dst)
+      try fm.copyItem(atPath: tokenizerFile, toPath: dst)
+    }
+    try writeJSON(config.json, to: (dir as NSString).appendingPathComponent("pivot_config.json"))
+  }
+}
+
+/// Pretty JSON with sorted keys, written atomically.
+public func writeJSON(_ object: Any, to path: String) throws {
+  let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+  try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+}
