@@ -73,8 +73,8 @@ public struct CLIPVisionConfig: Sendable, Equatable {
   public var json: [String: Any] {
     ["model_type": "clip_vision_model", "architectures": ["CLIPVisionModel"], "hidden_size": hiddenSize, "intermediate_size": intermediateSize,
      "num_hidden_layers": numHiddenLayers, "num_attention_heads": numAttentionHeads, "num_channels": numChannels,
-     "image_size": imageSize, "patch_size": patchSize, "hidden_act": hiddenAct, "layer_norm_eps": Double(layerNormEps),
-     "initializer_range": Double(initializerRange), "initializer_factor": Double(initializerFactor)]
+     "image_size": imageSize, "patch_size": patchSize, "hidden_act": hiddenAct, "layer_norm_eps": jd(layerNormEps),
+     "initializer_range": jd(initializerRange), "initializer_factor": jd(initializerFactor)]
   }
 }
 
@@ -106,8 +106,8 @@ public struct Dinov2Config: Sendable, Equatable {
   public var json: [String: Any] {
     ["model_type": "dinov2", "architectures": ["Dinov2Model"], "hidden_size": hiddenSize, "num_hidden_layers": numHiddenLayers,
      "num_attention_heads": numAttentionHeads, "mlp_ratio": mlpRatio, "num_channels": numChannels, "image_size": imageSize,
-     "patch_size": patchSize, "hidden_act": hiddenAct, "layer_norm_eps": Double(layerNormEps),
-     "layerscale_value": Double(layerscaleValue), "initializer_range": Double(initializerRange), "qkv_bias": qkvBias, "use_swiglu_ffn": false]
+     "patch_size": patchSize, "hidden_act": hiddenAct, "layer_norm_eps": jd(layerNormEps),
+     "layerscale_value": jd(layerscaleValue), "initializer_range": jd(initializerRange), "qkv_bias": qkvBias, "use_swiglu_ffn": false]
   }
 }
 
@@ -138,8 +138,8 @@ public struct QFormerConfig: Sendable, Equatable {
   }
   public var json: [String: Any] {
     ["model_type": "blip_2_qformer", "hidden_size": hiddenSize, "num_hidden_layers": numHiddenLayers, "num_attention_heads": numAttentionHeads,
-     "intermediate_size": intermediateSize, "hidden_act": hiddenAct, "layer_norm_eps": Double(layerNormEps),
-     "initializer_range": Double(initializerRange), "cross_attention_frequency": crossAttentionFrequency,
+     "intermediate_size": intermediateSize, "hidden_act": hiddenAct, "layer_norm_eps": jd(layerNormEps),
+     "initializer_range": jd(initializerRange), "cross_attention_frequency": crossAttentionFrequency,
      "encoder_hidden_size": encoderHiddenSize, "vocab_size": vocabSize, "max_position_embeddings": maxPositionEmbeddings,
      "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "use_qformer_text_input": false]
   }
@@ -202,8 +202,8 @@ public struct DecoderConfig: Sendable, Equatable {
       "model_type": family.rawValue, "architectures": [family == .qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"],
       "vocab_size": vocabSize, "hidden_size": hiddenSize, "intermediate_size": intermediateSize,
       "num_hidden_layers": numHiddenLayers, "num_attention_heads": numAttentionHeads, "num_key_value_heads": numKeyValueHeads,
-      "hidden_act": hiddenAct, "rms_norm_eps": Double(rmsNormEps), "rope_theta": Double(ropeTheta),
-      "initializer_range": Double(initializerRange), "tie_word_embeddings": tieWordEmbeddings,
+      "hidden_act": hiddenAct, "rms_norm_eps": jd(rmsNormEps), "rope_theta": jd(ropeTheta),
+      "initializer_range": jd(initializerRange), "tie_word_embeddings": tieWordEmbeddings,
       "max_position_embeddings": maxPositionEmbeddings, "torch_dtype": "float32",
     ]
     if let headDim { d["head_dim"] = headDim }
@@ -260,3 +260,6 @@ public enum AnyModelConfig: Sendable {
     }
   }
 }
+
+/// A float32 config value as the decimal it was written as (1e-5, not 9.99999974e-06).
+func jd(_ f: Float) -> Double { Double("\(f)") ?? Double(f) }

@@ -186,8 +186,46 @@ extension ChatModel {
   }
 }
 
-/// Pretty JSON with sorted keys, written atomically.
+/// Pretty JSON with sorted keys, written atomically. Floating-point values keep their
+/// decimal point (`1.0`, not `1`): transformers' strict configs reject an int where a float belongs.
 public func writeJSON(_ object: Any, to path: String) throws {
-  let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
-  try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+  var out = ""
+  encodeJSON(object, indent: 0, into: &out)
+  try (out + "\n").data(using: .utf8)!.write(to: URL(fileURLWithPath: path), options: .atomic)
+}
+
+func encodeJSON(_ value: Any, indent: Int, into out: inout String) {
+  let pad = String(repeating: "  ", count: indent + 1), close = String(repeating: "  ", count: indent)
+  switch value {
+  case let b as Bool: out += b ? "true" : "false"
+  case let i as Int: out += String(i)
+  case let i as Int32: out += String(i)
+  case let d as Double: out += d.isFinite ? (d == d.rounded() && abs(d) < 1e15 ? String(format: "%.1f", d) : "\(d)") : "null"
+  case let f as Float: encodeJSON(Double(f), indent: indent, into: &out)
+  case let s as String:
+    let data = try! JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
+    out += String(String(data: data, encoding: .utf8)!.dropFirst().dropLast())
+  case let a as [Any]:
+    if a.isEmpty { out += "[]"; return }
+    out += "[\n"
+    for (i, v) in a.enumerated() {
+      out += pad
+      encodeJSON(v, indent: indent + 1, into: &out)
+      out += i + 1 < a.count ? ",\n" : "\n"
+    }
+    out += close + "]"
+  case let d as [String: Any]:
+    if d.isEmpty { out += "{}"; return }
+    out += "{\n"
+    let keys = d.keys.sorted()
+    for (i, k) in keys.enumerated() {
+      out += pad
+      encodeJSON(k, indent: indent + 1, into: &out)
+      out += ": "
+      encodeJSON(d[k]!, indent: indent + 1, into: &out)
+      out += i + 1 < keys.count ? ",\n" : "\n"
+    }
+    out += close + "}"
+  default: out += "null"
+  }
 }
