@@ -50,21 +50,22 @@ public final class ChatModel: Module, @unchecked Sendable {
   }
 
   /// Token embeddings (B, T, D) with each row's image slot (Q positions starting at
-  /// `imageStarts[b]`) replaced by that row's soft tokens.
+  /// `imageStarts[b]`) replaced by soft tokens. `pixels` holds one image per row whose start is
+  /// not nil, in row order, so text-only rows cost no vision work.
   public func inputEmbeddings(ids: [Int32], batch b: Int, length t: Int, pixels: Tensor?, imageStarts: [Int?]) -> Tensor {
     let text = languageModel.embed(ids, shape: [b, t])
     guard let pixels else { return text }
     let q = numQueryTokens
-    let soft = imageTokens(pixels)  // (B, Q, D)
-    var rows: [Int] = [], sources: [Int] = []
+    precondition(imageStarts.count == b, "\(imageStarts.count) image slots for \(b) rows")
+    precondition(pixels.shape[0] == imageStarts.compactMap { $0 }.count, "\(pixels.shape[0]) images for \(imageStarts.compactMap { $0 }.count) image slots")
+    let soft = reshape(imageTokens(pixels), [pixels.shape[0] * q, languageModel.config.hiddenSize])  // (N·Q, D)
+    var rows: [Int] = []
     for (r, start) in imageStarts.enumerated() {
       guard let start else { continue }
       precondition(start + q <= t, "image slot at \(start) + \(q) queries does not fit in \(t) positions")
-      for j in 0..<q { rows.append(r * t + start + j); sources.append(r * q + j) }
+      rows += (0..<q).map { r * t + start + $0 }
     }
-    let flat = reshape(soft, [b * q, soft.size(-1)])
-    let picked = sources.count == b * q ? flat : gatherRows(flat, rows: sources)
-    return scatterRows(text, rows: rows, from: picked)
+    return scatterRows(text, rows: rows, from: soft)
   }
 
   /// Mean next-token loss over counted labels (−100 elsewhere, including the image slot).
