@@ -23,14 +23,16 @@ let package = Package(
     .target(name: "PivotTensor", dependencies: ["COpenBLAS"], swiftSettings: fast),
     .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: fast),
     .target(name: "PivotModels", dependencies: ["PivotNN"], swiftSettings: fast),
+    .target(name: "PivotTrain", dependencies: ["PivotModels", .product(name: "Yams", package: "Yams")], swiftSettings: fast),
     .executableTarget(
       name: "pivot",
       dependencies: [
-        "PivotTensor", "PivotNN", "PivotModels", "COpenBLAS",
+        "PivotTensor", "PivotNN", "PivotModels", "PivotTrain", "COpenBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(name: "PivotTensorTests", dependencies: ["PivotTensor", "PivotNN"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotNNTests", dependencies: ["PivotNN"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotModelsTests", dependencies: ["PivotModels"], resources: [.copy("Fixtures")]),
+    .testTarget(name: "PivotTrainTests", dependencies: ["PivotTrain"]),
   ]
 )

@@ -1,0 +1,295 @@
+import Foundation
+import PivotNN
+import Yams
+
+/// A recipe problem, pointing at the file, the line and the key.
+public struct RecipeError: Error, CustomStringConvertible {
+  public let file: String
+  public let line: Int?
+  public let key: String
+  public let message: String
+  public var description: String {
+    "\(file)\(line.map { ":\($0)" } ?? ""): \(key.isEmpty ? "" : "'\(key)': ")\(message)"
+  }
+}
+
+public enum Stage: String, Sendable, Codable, CaseIterable {
+  case text, align, instruct
+
+  /// What trains by default (DESIGN.md); a recipe's `trainable` overrides it.
+  public var defaultTrainable: [String] {
+    switch self {
+    case .text: ["*"]
+    case .align: ["query_tokens", "qformer.*", "language_projection.*"]
+    case .instruct: ["query_tokens", "qformer.*", "language_projection.*", "language_model.*"]
+    }
+  }
+}
+
+/// One run, as written in `Recipes/*.yaml`. Every key is documented in Recipes/README.md.
+public struct Recipe: Sendable, Codable {
+  public struct Model: Sendable, Codable {
+    /// HF folders (or a Pivot model folder in `pivot`).
+    public var pivot: String?
+    public var vision: String?
+    public var llm: String?
+    public var qformer: String?
+    /// Random initialisation from config files (HF config.json) when no weights are given.
+    public var visionConfig: String?
+    public var llmConfig: String?
+    public var qformerConfig: String?
+    public var qformerLayers: Int?
+    public var numQueryTokens = 32
+    public var imageSize: Int?
+    public var featureLayer = -1
+    public var tokenizer: String?
+    public var chatTemplate = "auto"
+    /// Weight storage of frozen parts: f32 or bf16.
+    public var frozenDtype = "f32"
+  }
+  public struct Source: Sendable, Codable {
+    public var shards: String
+    public var weight = 1.0
+  }
+  public struct Data: Sendable, Codable {
+    public var sources: [Source] = []
+    public var evalShards: String?
+    public var maxLength = 256
+    public var shuffleBuffer = 256
+    public var maxBadFraction = 0.01
+    public var captionPrompt = "Describe the image."
+    public var workers = 1
+  }
+  public struct Optimizer: Sendable, Codable {
+    public var lr = 1e-4
+    public var weightDecay = 0.01
+    public var beta1 = 0.9
+    public var beta2 = 0.999
+    public var eps = 1e-8
+    public var noDecay: [String] = ["*.bias", "*norm*", "*layernorm*", "*LayerNorm*", "query_tokens", "*embed*"]
+    public var schedule = "cosine"
+    public var warmupSteps = 0
+    public var minLRRatio = 0.1
+    public var gradClip = 1.0
+  }
+
+  public var file = ""
+  public var source = ""
+  public var name = ""
+  public var stage = Stage.align
+  public var seed: UInt64 = 0
+  public var threads = 0
+  public var model = Model()
+  public var trainable: [String]?
+  public var frozen: [String] = []
+  public var data = Data()
+  public var optimizer = Optimizer()
+  public var batchSize = 8
+  public var gradAccum = 1
+  public var maxSteps = 100
+  public var evalEvery = 0
+  public var evalBatches = 8
+  public var logEvery = 1
+  public var saveEvery = 0
+  public var keepCheckpoints = 2
+  public var output = "Checkpoints/run"
+
+  public var trainablePatterns: [String] { trainable ?? stage.defaultTrainable }
+
+  public var parameterGroups: [ParameterGroup] {
+    [ParameterGroup(name: "no_decay", patterns: optimizer.noDecay, weightDecay: 0),
+     ParameterGroup(name: "decay", patterns: ["*"], weightDecay: Float(optimizer.weightDecay))]
+  }
+
+  public var schedule: LRSchedule {
+    switch optimizer.schedule {
+    case "constant": .constant
+    case "linear": .linear(warmup: optimizer.warmupSteps, totalSteps: maxSteps, minRatio: Float(optimizer.minLRRatio))
+    default: .cosine(warmup: optimizer.warmupSteps, totalSteps: maxSteps, minRatio: Float(optimizer.minLRRatio))
+    }
+  }
+
+  public init() {}
+
+  public static func load(_ path: String) throws -> Recipe {
+    guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+      throw RecipeError(file: path, line: nil, key: "", message: "cannot read the recipe (check the path)")
+    }
+    return try parse(text, file: path)
+  }
+
+  /// Paths in a recipe are relative to the working directory, like every other CLI path.
+  public static func parse(_ text: String, file: String) throws -> Recipe {
+    let root: Node
+    do {
+      guard let n = try Yams.compose(yaml: text) else { throw RecipeError(file: file, line: nil, key: "", message: "empty recipe") }
+      root = n
+    } catch let e as RecipeError {
+      throw e
+    } catch {
+      throw RecipeError(file: file, line: nil, key: "", message: "not valid YAML: \(error)")
+    }
+    var r = Recipe()
+    r.file = file
+    r.source = text
+    r.name = ((file as NSString).lastPathComponent as NSString).deletingPathExtension
+    let y = YAMLReader(file: file)
+    for (key, value) in try y.mapping(root, "", allowed: [
+      "name", "stage", "seed", "threads", "model", "trainable", "frozen", "data", "optimizer", "batch_size", "grad_accum", "max_steps",
+      "eval_every", "eval_batches", "log_every", "save_every", "keep_checkpoints", "output",
+    ]) {
+      switch key {
+      case "name": r.name = try y.string(value, key)
+      case "stage":
+        let s = try y.string(value, key)
+        guard let stage = Stage(rawValue: s) else { throw y.error(value, key, "unknown stage '\(s)' (text, align or instruct)") }
+        r.stage = stage
+      case "seed": r.seed = UInt64(try y.int(value, key, min: 0))
+      case "threads": r.threads = try y.int(value, key, min: 0)
+      case "trainable": r.trainable = try y.strings(value, key)
+      case "frozen": r.frozen = try y.strings(value, key)
+      case "batch_size": r.batchSize = try y.int(value, key, min: 1)
+      case "grad_accum": r.gradAccum = try y.int(value, key, min: 1)
+      case "max_steps": r.maxSteps = try y.int(value, key, min: 1)
+      case "eval_every": r.evalEvery = try y.int(value, key, min: 0)
+      case "eval_batches": r.evalBatches = try y.int(value, key, min: 1)
+      case "log_every": r.logEvery = try y.int(value, key, min: 1)
+      case "save_every": r.saveEvery = try y.int(value, key, min: 0)
+      case "keep_checkpoints": r.keepCheckpoints = try y.int(value, key, min: 1)
+      case "output": r.output = try y.string(value, key)
+      case "model":
+        for (k, v) in try y.mapping(value, "model", allowed: [
+          "pivot", "vision", "llm", "qformer", "vision_config", "llm_config", "qformer_config", "qformer_layers", "num_query_tokens",
+          "image_size", "feature_layer", "tokenizer", "chat_template", "frozen_dtype",
+        ]) {
+          let p = "model.\(k)"
+          switch k {
+          case "pivot": r.model.pivot = try y.string(v, p)
+          case "vision": r.model.vision = try y.string(v, p)
+          case "llm": r.model.llm = try y.string(v, p)
+          case "qformer": r.model.qformer = try y.string(v, p)
+          case "vision_config": r.model.visionConfig = try y.string(v, p)
+          case "llm_config": r.model.llmConfig = try y.string(v, p)
+          case "qformer_config": r.model.qformerConfig = try y.string(v, p)
+          case "qformer_layers": r.model.qformerLayers = try y.int(v, p, min: 1)
+          case "num_query_tokens": r.model.numQueryTokens = try y.int(v, p, min: 1)
+          case "image_size": r.model.imageSize = try y.int(v, p, min: 1)
+          case "feature_layer": r.model.featureLayer = try y.int(v, p)
+          case "tokenizer": r.model.tokenizer = try y.string(v, p)
+          case "chat_template": r.model.chatTemplate = try y.string(v, p)
+          case "frozen_dtype":
+            r.model.frozenDtype = try y.string(v, p)
+            guard ["f32", "bf16"].contains(r.model.frozenDtype) else { throw y.error(v, p, "must be f32 or bf16") }
+          default: break
+          }
+        }
+      case "data":
+        for (k, v) in try y.mapping(value, "data", allowed: [
+          "sources", "eval_shards", "max_length", "shuffle_buffer", "max_bad_fraction", "caption_prompt", "workers",
+        ]) {
+          let p = "data.\(k)"
+          switch k {
+          case "sources":
+            guard case .sequence(let seq) = v else { throw y.error(v, p, "must be a list of {shards, weight}") }
+            r.data.sources = try seq.enumerated().map { i, item in
+              var s = Source(shards: "")
+              var hasShards = false
+              for (sk, sv) in try y.mapping(item, "\(p)[\(i)]", allowed: ["shards", "weight"]) {
+                if sk == "shards" { s.shards = try y.string(sv, "\(p)[\(i)].shards"); hasShards = true }
+                if sk == "weight" { s.weight = try y.double(sv, "\(p)[\(i)].weight", min: 0) }
+              }
+              guard hasShards else { throw y.error(item, "\(p)[\(i)]", "needs 'shards'") }
+              return s
+            }
+          case "eval_shards": r.data.evalShards = try y.string(v, p)
+          case "max_length": r.data.maxLength = try y.int(v, p, min: 2)
+          case "shuffle_buffer": r.data.shuffleBuffer = try y.int(v, p, min: 0)
+          case "max_bad_fraction": r.data.maxBadFraction = try y.double(v, p, min: 0)
+          case "caption_prompt": r.data.captionPrompt = try y.string(v, p)
+          case "workers": r.data.workers = try y.int(v, p, min: 1)
+          default: break
+          }
+        }
+      case "optimizer":
+        for (k, v) in try y.mapping(value, "optimizer", allowed: [
+          "lr", "weight_decay", "beta1", "beta2", "eps", "no_decay", "schedule", "warmup_steps", "min_lr_ratio", "grad_clip",
+        ]) {
+          let p = "optimizer.\(k)"
+          switch k {
+          case "lr": r.optimizer.lr = try y.double(v, p, min: 0)
+          case "weight_decay": r.optimizer.weightDecay = try y.double(v, p, min: 0)
+          case "beta1": r.optimizer.beta1 = try y.double(v, p, min: 0)
+          case "beta2": r.optimizer.beta2 = try y.double(v, p, min: 0)
+          case "eps": r.optimizer.eps = try y.double(v, p, min: 0)
+          case "no_decay": r.optimizer.noDecay = try y.strings(v, p)
+          case "schedule":
+            r.optimizer.schedule = try y.string(v, p)
+            guard ["constant", "cosine", "linear"].contains(r.optimizer.schedule) else { throw y.error(v, p, "must be constant, cosine or linear") }
+          case "warmup_steps": r.optimizer.warmupSteps = try y.int(v, p, min: 0)
+          case "min_lr_ratio": r.optimizer.minLRRatio = try y.double(v, p, min: 0)
+          case "grad_clip": r.optimizer.gradClip = try y.double(v, p, min: 0)
+          default: break
+          }
+        }
+      default: break
+      }
+    }
+    if r.data.sources.isEmpty {
+      throw RecipeError(file: file, line: nil, key: "data.sources", message: "a recipe needs at least one data source")
+    }
+    return r
+  }
+}
+
+/// Typed access to YAML nodes; every error carries the file, line and dotted key.
+struct YAMLReader {
+  let file: String
+
+  func error(_ node: Node, _ key: String, _ message: String) -> RecipeError {
+    RecipeError(file: file, line: node.mark.map { $0.line }, key: key, message: message)
+  }
+
+  func mapping(_ node: Node, _ path: String, allowed: Set<String>) throws -> [(String, Node)] {
+    guard case .mapping(let m) = node else { throw error(node, path, "must be a mapping of keys") }
+    var out: [(String, Node)] = []
+    var seen = Set<String>()
+    for (k, v) in m {
+      guard case .scalar(let ks) = k else { throw error(k, path, "keys must be plain names") }
+      let name = ks.string
+      let full = path.isEmpty ? name : "\(path).\(name)"
+      guard allowed.contains(name) else {
+        throw error(k, full, "unknown key (known here: \(allowed.sorted().joined(separator: ", ")))")
+      }
+      guard seen.insert(name).inserted else { throw error(k, full, "appears twice") }
+      out.append((name, v))
+    }
+    return out
+  }
+
+  func scalar(_ node: Node, _ key: String, _ kind: String) throws -> String {
+    guard case .scalar(let s) = node else { throw error(node, key, "must be \(kind)") }
+    return s.string
+  }
+
+  func string(_ node: Node, _ key: String) throws -> String { try scalar(node, key, "a string") }
+
+  func int(_ node: Node, _ key: String, min: Int? = nil) throws -> Int {
+    let s = try scalar(node, key, "an integer")
+    guard let v = Int(s.replacingOccurrences(of: "_", with: "")) else { throw error(node, key, "must be an integer, got '\(s)'") }
+    if let min, v < min { throw error(node, key, "must be at least \(min), got \(v)") }
+    return v
+  }
+
+  func double(_ node: Node, _ key: String, min: Double? = nil) throws -> Double {
+    let s = try scalar(node, key, "a number")
+    guard let v = Double(s) else { throw error(node, key, "must be a number, got '\(s)'") }
+    if let min, v < min { throw error(node, key, "must be at least \(min), got \(v)") }
+    return v
+  }
+
+  func strings(_ node: Node, _ key: String) throws -> [String] {
+    if case .scalar(let s) = node { return [s.string] }
+    guard case .sequence(let seq) = node else { throw error(node, key, "must be a list of strings") }
+    return try seq.map { try string($0, key) }
+  }
+}

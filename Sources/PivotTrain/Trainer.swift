@@ -1,0 +1,196 @@
+import Foundation
+import PivotModels
+import PivotNN
+import PivotTensor
+
+/// What a run reports; the CLI turns it into a table, a progress bar and log lines.
+public enum TrainEvent {
+  case parameters([ParameterRow])
+  case resumed(step: Int, from: String)
+  case step(StepMetrics)
+  case evaluated(step: Int, loss: Double)
+  case checkpoint(step: Int, path: String)
+  case interrupted(step: Int)
+}
+
+public struct ParameterRow: Sendable {
+  public var module: String
+  public var trainable: Int
+  public var frozen: Int
+  /// Bytes of weights, gradients and optimizer moments this module holds.
+  public var weightBytes: Int, gradientBytes: Int, optimizerBytes: Int
+}
+
+public struct StepMetrics: Sendable {
+  public var step: Int, maxSteps: Int
+  public var loss: Double, lr: Double, gradNorm: Double
+  public var seconds: Double, tokensPerSecond: Double
+  public var countedTokens: Int, badSamples: Int, truncated: Int
+}
+
+public enum TrainError: Error, CustomStringConvertible {
+  case nonFinite(step: Int, loss: Double, lastCheckpoint: String?)
+  public var description: String {
+    switch self {
+    case .nonFinite(let step, let loss, let last):
+      "loss became \(loss) at step \(step); stopped without saving. "
+        + (last.map { "The last good checkpoint is \($0)." } ?? "No checkpoint was written yet.")
+        + " Lower optimizer.lr, raise optimizer.warmup_steps or set optimizer.grad_clip."
+    }
+  }
+}
+
+/// Set by SIGINT: the loop finishes its step, writes a checkpoint and returns.
+public enum Interrupt {
+  nonisolated(unsafe) public static var requested = false
+  public static func install() {
+    signal(SIGINT) { _ in
+      if Interrupt.requested { exit(130) }  // a second Ctrl-C leaves at once
+      Interrupt.requested = true
+    }
+  }
+}
+
+/// The training loop for every stage: gradient accumulation, clipping, schedule, AdamW,
+/// evaluation, metrics, atomic checkpoints and exact resume.
+public final class Trainer {
+  public let recipe: Recipe
+  public let model: any TrainableModel
+  public let source: BatchSource
+  public let makeEvalSource: (() throws -> BatchSource)?
+  public let optimizer: AdamW
+  public let base: [BaseReference]
+  public private(set) var step = 0
+  public var rng: PivotRNG
+  public var lastCheckpoint: String?
+  /// Called when the run ends normally, to write the complete model (e.g. `final/`).
+  public var onFinish: ((String) throws -> Void)?
+
+  public init(recipe: Recipe, model: any TrainableModel, source: BatchSource, makeEvalSource: (() throws -> BatchSource)? = nil, base: [BaseReference] = []) throws {
+    self.recipe = recipe
+    self.model = model
+    self.source = source
+    self.makeEvalSource = makeEvalSource
+    self.base = base
+    try model.freeze()
+    try model.unfreeze(recipe.trainablePatterns)
+    if !recipe.frozen.isEmpty { try model.freeze(recipe.frozen) }
+    optimizer = AdamW(parameters: model.trainableParameters(), groups: recipe.parameterGroups,
+                      beta1: Float(recipe.optimizer.beta1), beta2: Float(recipe.optimizer.beta2), eps: Float(recipe.optimizer.eps))
+    rng = PivotRNG(seed: recipe.seed)
+  }
+
+  /// Parameter counts and memory per top-level part (and per second-level part of big ones).
+  public func parameterRows() -> [ParameterRow] {
+    var rows: [String: ParameterRow] = [:]
+    var order: [String] = []
+    for (name, t) in model.namedParameters() {
+      let parts = name.split(separator: ".")
+      let key = parts.count > 2 && ["language_model", "vision_tower"].contains(String(parts[0]))
+        ? parts.prefix(2).joined(separator: ".") : String(parts[0])
+      if rows[key] == nil { rows[key] = ParameterRow(module: key, trainable: 0, frozen: 0, weightBytes: 0, gradientBytes: 0, optimizerBytes: 0); order.append(key) }
+      if t.requiresGrad {
+        rows[key]!.trainable += t.count
+        rows[key]!.gradientBytes += t.count * 4
+        rows[key]!.optimizerBytes += t.count * 8
+      } else {
+        rows[key]!.frozen += t.count
+      }
+      rows[key]!.weightBytes += t.count * 4
+    }
+    return order.map { rows[$0]! }
+  }
+
+  public func resume(from dir: String) throws {
+    let state = try Checkpoint.readState(dir)
+    for ref in state.base { try ref.verify() }
+    try Checkpoint.loadParameters(dir, into: model.trainableParameters())
+    try Checkpoint.loadOptimizer(dir, into: optimizer, step: state.step)
+    try source.restoreState(state.dataState)
+    rng = state.rng
+    step = state.step
+    lastCheckpoint = dir
+  }
+
+  public func save(loss: Double?) throws -> String {
+    let dir = (recipe.output as NSString).appendingPathComponent(Checkpoint.directoryName(step: step))
+    let state = CheckpointState(step: step, dataState: try source.saveState(), rng: rng, recipe: recipe.source, recipeFile: recipe.file,
+                                base: base, trainable: model.trainableParameters().map(\.0), loss: loss)
+    try Checkpoint.save(to: dir, parameters: model.trainableParameters(), optimizer: optimizer, state: state)
+    Checkpoint.prune(recipe.output, keep: recipe.keepCheckpoints)
+    lastCheckpoint = dir
+    return dir
+  }
+
+  /// Mean loss over `recipe.evalBatches` batches of a fresh evaluation source, without gradients.
+  public func evaluate() throws -> Double? {
+    guard let make = makeEvalSource else { return nil }
+    let src = try make()
+    var total = 0.0, counted = 0
+    try noGrad {
+      for _ in 0..<recipe.evalBatches {
+        let b = try src.next()
+        let (loss, n) = model.loss(b)
+        total += Double(loss.item) * Double(n)
+        counted += n
+      }
+    }
+    return counted == 0 ? nil : total / Double(counted)
+  }
+
+  public func run(onEvent: (TrainEvent) -> Void) throws {
+    try FileManager.default.createDirectory(atPath: recipe.output, withIntermediateDirectories: true)
+    let metrics = try MetricsLog(directory: recipe.output, append: step > 0)
+    if step > 0 { try metrics.truncate(after: step) }
+    onEvent(.parameters(parameterRows()))
+    let peak = Float(recipe.optimizer.lr)
+    var lastLoss: Double?
+    while step < recipe.maxSteps {
+      if Interrupt.requested {
+        let dir = try save(loss: lastLoss)
+        onEvent(.checkpoint(step: step, path: dir))
+        onEvent(.interrupted(step: step))
+        return
+      }
+      let t0 = Date()
+      optimizer.zeroGrad()
+      var lossSum = 0.0, counted = 0, truncated = 0
+      for _ in 0..<recipe.gradAccum {
+        let batch = try source.next()
+        truncated += batch.truncated
+        let (loss, n) = model.loss(batch)
+        let value = Double(loss.item)
+        if !value.isFinite { throw TrainError.nonFinite(step: step + 1, loss: value, lastCheckpoint: lastCheckpoint) }
+        scale(loss, 1 / Float(recipe.gradAccum)).backward()
+        lossSum += value
+        counted += n
+      }
+      let loss = lossSum / Double(recipe.gradAccum)
+      let norm = recipe.optimizer.gradClip > 0 ? optimizer.clipGradNorm(Float(recipe.optimizer.gradClip)) : optimizer.gradNorm()
+      if !norm.isFinite { throw TrainError.nonFinite(step: step + 1, loss: Double(norm), lastCheckpoint: lastCheckpoint) }
+      let lr = recipe.schedule.lr(peak: peak, step: step)
+      optimizer.step(lr: lr)
+      step += 1
+      lastLoss = loss
+      let seconds = Date().timeIntervalSince(t0)
+      let m = StepMetrics(step: step, maxSteps: recipe.maxSteps, loss: loss, lr: Double(lr), gradNorm: Double(norm), seconds: seconds,
+                          tokensPerSecond: Double(counted) / max(seconds, 1e-9), countedTokens: counted, badSamples: source.badSamples, truncated: truncated)
+      onEvent(.step(m))
+      if step % recipe.logEvery == 0 || step == recipe.maxSteps {
+        metrics.write(["step": step, "loss": loss, "lr": Double(lr), "grad_norm": Double(norm), "seconds": seconds,
+                       "tokens_per_s": m.tokensPerSecond, "tokens": counted, "bad_samples": source.badSamples, "truncated": truncated])
+        metrics.drawPlot(title: "\(recipe.name) (\(recipe.stage.rawValue))")
+      }
+      if recipe.evalEvery > 0 && (step % recipe.evalEvery == 0 || step == recipe.maxSteps), let e = try evaluate() {
+        metrics.write(["step": step, "eval_loss": e, "eval_ppl": Foundation.exp(e)])
+        metrics.drawPlot(title: "\(recipe.name) (\(recipe.stage.rawValue))")
+        onEvent(.evaluated(step: step, loss: e))
+      }
+      if (recipe.saveEvery > 0 && step % recipe.saveEvery == 0) || step == recipe.maxSteps {
+        let dir = try save(loss: loss)
+        onEvent(.checkpoint(step: step, path: dir))
+      }
+    }
+    try onFinish?(recipe.output)
+  }
+}

@@ -1,0 +1,200 @@
+import Foundation
+import PivotModels
+import PivotNN
+import PivotTensor
+@testable import PivotTrain
+import Testing
+
+/// Deterministic token batches whose whole state is an RNG: enough to prove exact resume.
+final class SyntheticSource: BatchSource {
+  var rng: PivotRNG
+  let vocab: Int, b: Int, t: Int
+  var badSamples = 0
+  init(seed: UInt64, vocab: Int, b: Int = 2, t: Int = 12) {
+    rng = PivotRNG(seed: seed)
+    self.vocab = vocab
+    self.b = b
+    self.t = t
+  }
+  func next() throws -> TrainBatch {
+    // A learnable pattern: each row counts upward from a random start.
+    var ids: [Int32] = []
+    for _ in 0..<b {
+      let start = Int(rng.next() % UInt64(vocab))
+      ids += (0..<t).map { Int32((start + $0) % vocab) }
+    }
+    return TrainBatch(ids: ids, labels: ids, batch: b, length: t)
+  }
+  func saveState() throws -> String { String(decoding: try JSONEncoder().encode(rng), as: UTF8.self) }
+  func restoreState(_ state: String) throws { rng = try JSONDecoder().decode(PivotRNG.self, from: Data(state.utf8)) }
+}
+
+func tinyDecoder() -> DecoderLM {
+  var c = DecoderConfig()
+  c.family = .qwen2
+  c.vocabSize = 48; c.hiddenSize = 32; c.intermediateSize = 64; c.numHiddenLayers = 2
+  c.numAttentionHeads = 4; c.numKeyValueHeads = 2; c.tieWordEmbeddings = true
+  return DecoderLM(c, seed: 5)
+}
+
+func tempDir(_ tag: String) -> String {
+  let d = FileManager.default.temporaryDirectory.appendingPathComponent("pivot-train-\(tag)-\(getpid())").path
+  try? FileManager.default.removeItem(atPath: d)
+  return d
+}
+
+func recipe(output: String, steps: Int, saveEvery: Int = 0) throws -> Recipe {
+  try Recipe.parse("""
+    stage: text
+    seed: 3
+    batch_size: 2
+    max_steps: \(steps)
+    save_every: \(saveEvery)
+    keep_checkpoints: 3
+    output: \(output)
+    optimizer:
+      lr: 3e-3
+      warmup_steps: 2
+      schedule: cosine
+      grad_clip: 1.0
+    data:
+      sources:
+        - shards: synthetic
+    """, file: "test.yaml")
+}
+
+@Suite("Training", .serialized)
+struct TrainTests {
+  @Test func resumeGivesBitIdenticalLosses() throws {
+    let full = tempDir("full"), part = tempDir("part")
+    defer { try? FileManager.default.removeItem(atPath: full); try? FileManager.default.removeItem(atPath: part) }
+    var uninterrupted: [Double] = []
+    let t1 = try Trainer(recipe: try recipe(output: full, steps: 8), model: tinyDecoder(), source: SyntheticSource(seed: 9, vocab: 48))
+    try t1.run { if case .step(let m) = $0 { uninterrupted.append(m.loss) } }
+    #expect(uninterrupted.count == 8)
+    #expect(uninterrupted.last! < uninterrupted.first!, "the model should learn the counting pattern")
+
+    // Ctrl-C after four steps (the loop saves and returns), then a fresh model and source resume.
+    var first: [Double] = []
+    var interrupted = false
+    let t2 = try Trainer(recipe: try recipe(output: part, steps: 8), model: tinyDecoder(), source: SyntheticSource(seed: 9, vocab: 48))
+    try t2.run { event in
+      if case .step(let m) = event { first.append(m.loss); if m.step == 4 { Interrupt.requested = true } }
+      if case .interrupted = event { interrupted = true }
+    }
+    Interrupt.requested = false
+    #expect(interrupted && first.count == 4)
+    let ckpt = (part as NSString).appendingPathComponent("step-000004")
+    #expect(FileManager.default.fileExists(atPath: ckpt + "/model.safetensors"))
+    #expect(FileManager.default.fileExists(atPath: ckpt + "/optimizer.safetensors"))
+    var rest: [Double] = []
+    let t3 = try Trainer(recipe: try recipe(output: part, steps: 8), model: tinyDecoder(), source: SyntheticSource(seed: 12345, vocab: 48))
+    try t3.resume(from: ckpt)
+    try t3.run { if case .step(let m) = $0 { rest.append(m.loss) } }
+    #expect(first + rest == uninterrupted, "resumed losses \(first + rest) vs \(uninterrupted)")
+    // The metrics file holds each step once, and a plot sits beside it.
+    let records = MetricsLog.read(part + "/metrics.jsonl").compactMap { $0["step"] as? Int }
+    #expect(records == Array(1...8))
+    #expect(FileManager.default.fileExists(atPath: part + "/loss.svg"))
+    let cmp = MetricsLog.compare(run: part + "/metrics.jsonl", reference: full + "/metrics.jsonl")
+    #expect(cmp?.maxAbs == 0 && cmp?.steps == 8)
+  }
+
+  @Test func interruptedCheckpointWriteLeavesThePreviousOne() throws {
+    let out = tempDir("atomic")
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    let t = try Trainer(recipe: try recipe(output: out, steps: 2), model: tinyDecoder(), source: SyntheticSource(seed: 1, vocab: 48))
+    try t.run { _ in }
+    let good = out + "/step-000002"
+    let before = try Data(contentsOf: URL(fileURLWithPath: good + "/model.safetensors"))
+    // A write that dies after model.safetensors (an extra file into a missing folder fails).
+    let state = try Checkpoint.readState(good)
+    #expect(throws: (any Error).self) {
+      try Checkpoint.save(to: good, parameters: t.model.trainableParameters(), optimizer: t.optimizer, state: state,
+                          extraFiles: ["missing/dir/file": Data([1])])
+    }
+    #expect(try Data(contentsOf: URL(fileURLWithPath: good + "/model.safetensors")) == before)
+    #expect(Checkpoint.list(out) == [good])
+    let fresh = try Trainer(recipe: try recipe(output: out, steps: 3), model: tinyDecoder(), source: SyntheticSource(seed: 1, vocab: 48))
+    try fresh.resume(from: good)
+    #expect(fresh.step == 2)
+  }
+
+  @Test func nonFiniteLossStopsWithoutSaving() throws {
+    let out = tempDir("nan")
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    let model = tinyDecoder()
+    let t = try Trainer(recipe: try recipe(output: out, steps: 4, saveEvery: 2), model: model, source: SyntheticSource(seed: 1, vocab: 48))
+    var steps = 0
+    do {
+      try t.run { event in
+        if case .step = event {
+          steps += 1
+          // Poison a weight after step 2's checkpoint.
+          if steps == 2 { model.model.norm.weight.ptr[0] = .nan }
+        }
+      }
+      Issue.record("a NaN loss did not stop the run")
+    } catch let e as TrainError {
+      #expect("\(e)".contains("step 3"))
+      #expect("\(e)".contains("step-000002"))
+    }
+    #expect(Checkpoint.list(out).map { ($0 as NSString).lastPathComponent } == ["step-000002"])
+  }
+
+  @Test func checkpointsArePruned() throws {
+    let out = tempDir("prune")
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    var r = try recipe(output: out, steps: 5, saveEvery: 1)
+    r.keepCheckpoints = 2
+    try Trainer(recipe: r, model: tinyDecoder(), source: SyntheticSource(seed: 1, vocab: 48)).run { _ in }
+    #expect(Checkpoint.list(out).map { ($0 as NSString).lastPathComponent } == ["step-000004", "step-000005"])
+  }
+
+  @Test func sha256KnownAnswers() {
+    var a = SHA256()
+    #expect(a.finalize() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    var b = SHA256()
+    b.update(Data("abc".utf8))
+    #expect(b.finalize() == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    var c = SHA256()
+    let long = Data(String(repeating: "a", count: 1000).utf8)
+    c.update(long.prefix(333)); c.update(long.dropFirst(333))
+    #expect(c.finalize() == "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3")
+  }
+}
+
+@Suite("Recipes")
+struct RecipeTests {
+  @Test func unknownKeyNamesKeyFileAndLine() {
+    do {
+      _ = try Recipe.parse("stage: align\nbatch_size: 4\noptimizer:\n  lr: 1e-4\n  momentum: 0.9\ndata:\n  sources:\n    - shards: a.tar\n", file: "Recipes/x.yaml")
+      Issue.record("accepted an unknown key")
+    } catch let e as RecipeError {
+      #expect(e.key == "optimizer.momentum")
+      #expect(e.file == "Recipes/x.yaml")
+      #expect(e.line == 5)
+      #expect("\(e)".contains("Recipes/x.yaml:5"))
+    } catch { Issue.record("\(error)") }
+  }
+
+  @Test func wrongTypeNamesTheKey() {
+    do {
+      _ = try Recipe.parse("stage: align\nbatch_size: lots\ndata:\n  sources:\n    - shards: a.tar\n", file: "r.yaml")
+      Issue.record("accepted a string batch size")
+    } catch let e as RecipeError {
+      #expect(e.key == "batch_size" && e.line == 2 && e.message.contains("integer"))
+    } catch { Issue.record("\(error)") }
+  }
+
+  @Test func unknownStageAndMissingData() {
+    #expect(throws: RecipeError.self) { try Recipe.parse("stage: pretrain\ndata:\n  sources:\n    - shards: a\n", file: "r.yaml") }
+    #expect(throws: RecipeError.self) { try Recipe.parse("stage: align\n", file: "r.yaml") }
+  }
+
+  @Test func stageDefaults() throws {
+    let r = try Recipe.parse("stage: align\ndata:\n  sources:\n    - shards: a\n      weight: 2\n", file: "r.yaml")
+    #expect(r.trainablePatterns == ["query_tokens", "qformer.*", "language_projection.*"])
+    #expect(r.data.sources[0].weight == 2)
+  }
+}
