@@ -229,3 +229,12 @@ func encodeJSON(_ value: Any, indent: Int, into out: inout String) {
   default: out += "null"
   }
 }
+
+extension DecoderLM {
+  /// An HF folder (`config.json` + `model.safetensors`) that transformers and Pivot load.
+  public func save(folder dir: String, dtype: SafeTensorsDType = .f32) throws {
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try writeJSON(config.json, to: (dir as NSString).appendingPathComponent("config.json"))
+    try writeSafeTensors(namedParameters(), to: URL(fileURLWithPath: dir).appendingPathComponent("model.safetensors"), metadata: ["format": "pt"], dtype: dtype)
+  }
+}

@@ -5,5 +5,5 @@ struct Pivot: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "pivot",
     abstract: "Train and run bilingual (Chinese/English) multimodal chat models on the CPU.",
-    subcommands: [Bench.self])
+    subcommands: [Export.self, Bench.self])
 }

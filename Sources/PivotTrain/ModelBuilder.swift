@@ -1,0 +1,91 @@
+import Foundation
+import PivotModels
+import PivotNN
+import PivotTensor
+
+/// The model a recipe describes, plus the base weight files it was built from.
+public struct BuiltModel {
+  public let model: any TrainableModel
+  public let base: [BaseReference]
+  /// Where to find the tokenizer when the recipe does not name one.
+  public let tokenizerFolder: String?
+}
+
+public enum ModelBuilder {
+  /// `text` builds the decoder alone; `align`/`instruct` build the composed model, from a Pivot
+  /// model folder, from HF folders, or from config files (random initialisation).
+  public static func build(_ r: Recipe, hashBase: Bool = true) throws -> BuiltModel {
+    let m = r.model
+    func refs(_ dirs: [String?]) throws -> [BaseReference] {
+      guard hashBase else { return [] }
+      return try dirs.compactMap { $0 }.flatMap { try BaseReference.of(folder: $0) }
+    }
+    func fail(_ key: String, _ message: String) -> RecipeError { RecipeError(file: r.file, line: nil, key: key, message: message) }
+    if r.stage == .text {
+      if let llm = m.llm {
+        return BuiltModel(model: try DecoderLM.load(folder: llm), base: try refs([llm]), tokenizerFolder: llm)
+      }
+      guard let cfgPath = m.llmConfig else { throw fail("model.llm", "stage text needs model.llm (an HF folder) or model.llm_config") }
+      guard case .decoder(let c) = try AnyModelConfig.read(cfgPath) else { throw fail("model.llm_config", "\(cfgPath) is not a qwen2/llama config") }
+      return BuiltModel(model: DecoderLM(c, seed: r.seed), base: [], tokenizerFolder: nil)
+    }
+    if let pivot = m.pivot {
+      let model = try ChatModel.load(folder: pivot)
+      return BuiltModel(model: model, base: try refs([pivot]), tokenizerFolder: pivot)
+    }
+    // Vision tower: HF folder or config.
+    let visionConfig: VisionConfig
+    if let v = m.vision {
+      guard case .vision(let c) = try ModelFolder.config(v) else { throw fail("model.vision", "\(v) is not a vision tower folder") }
+      visionConfig = c
+    } else if let v = m.visionConfig {
+      guard case .vision(let c) = try AnyModelConfig.read(v) else { throw fail("model.vision_config", "\(v) is not a vision config") }
+      visionConfig = c
+    } else {
+      throw fail("model.vision", "stages align and instruct need model.vision, model.vision_config or model.pivot")
+    }
+    // LLM: HF folder or config.
+    let decoderConfig: DecoderConfig
+    if let l = m.llm {
+      guard case .decoder(let c) = try ModelFolder.config(l) else { throw fail("model.llm", "\(l) is not a qwen2/llama folder") }
+      decoderConfig = c
+    } else if let l = m.llmConfig {
+      guard case .decoder(let c) = try AnyModelConfig.read(l) else { throw fail("model.llm_config", "\(l) is not a qwen2/llama config") }
+      decoderConfig = c
+    } else {
+      throw fail("model.llm", "stages align and instruct need model.llm, model.llm_config or model.pivot")
+    }
+    var q = QFormerConfig()
+    if let qc = m.qformerConfig {
+      guard case .qformer(let c) = try AnyModelConfig.read(qc) else { throw fail("model.qformer_config", "\(qc) is not a blip_2_qformer config") }
+      q = c
+    } else if let qd = m.qformer {
+      guard case .qformer(let c) = try ModelFolder.config(qd) else { throw fail("model.qformer", "\(qd) is not a Q-Former folder") }
+      q = c
+    } else {
+      // BLIP-2's shape, scaled to the vision width.
+      q.hiddenSize = visionConfig.hiddenSize
+      q.numAttentionHeads = max(1, visionConfig.hiddenSize / 64)
+      q.intermediateSize = 4 * visionConfig.hiddenSize
+      q.numHiddenLayers = 4
+    }
+    if let layers = m.qformerLayers { q.numHiddenLayers = layers }
+    q.encoderHiddenSize = visionConfig.hiddenSize
+    let config = ChatModelConfig(vision: visionConfig, qformer: q, decoder: decoderConfig, numQueryTokens: m.numQueryTokens,
+                                 imageSize: m.imageSize, featureLayer: m.featureLayer, imageTokenId: 0, chatTemplate: m.chatTemplate)
+    let model = ChatModel(config, seed: r.seed)
+    if let v = m.vision {
+      let tower = try loadVisionTower(folder: v, inputSize: m.imageSize)
+      try model.visionTower.load(Dictionary(uniqueKeysWithValues: tower.namedParameters()), source: v, zeroCopy: true)
+    }
+    if let l = m.llm {
+      let llm = try DecoderLM.load(folder: l)
+      try model.languageModel.load(Dictionary(uniqueKeysWithValues: llm.namedParameters()), source: l, zeroCopy: true)
+    }
+    if let qd = m.qformer {
+      let raw = try ModelFolder.weights(qd)
+      try model.qformer.load(QFormer.sanitize(raw), source: qd, allowUnused: true, zeroCopy: true)
+    }
+    return BuiltModel(model: model, base: try refs([m.vision, m.llm, m.qformer]), tokenizerFolder: m.llm)
+  }
+}

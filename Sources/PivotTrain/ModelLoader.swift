@@ -1,0 +1,47 @@
+import Foundation
+import PivotModels
+import PivotNN
+import PivotTensor
+
+/// What `--model DIR` names: a Pivot model folder, a training checkpoint, or an HF LLM folder.
+public enum LoadedModel {
+  case chat(ChatModel)
+  case llm(DecoderLM)
+
+  public var module: any TrainableModel {
+    switch self { case .chat(let m): m; case .llm(let m): m }
+  }
+}
+
+public enum ModelLoader {
+  /// One loader serves every kind of folder; the tokenizer folder is where `tokenizer.json` lives.
+  public static func load(_ dir: String) throws -> (model: LoadedModel, tokenizerFolder: String?) {
+    let fm = FileManager.default
+    func has(_ f: String) -> Bool { fm.fileExists(atPath: (dir as NSString).appendingPathComponent(f)) }
+    if has("pivot_config.json") {
+      return (.chat(try ChatModel.load(folder: dir)), dir)
+    }
+    if has("state.json") {
+      let state = try Checkpoint.readState(dir)
+      var recipe = try Recipe.parse(state.recipe, file: state.recipeFile)
+      recipe.file = state.recipeFile
+      for ref in state.base { try ref.verify() }
+      let built = try ModelBuilder.build(recipe, hashBase: false)
+      let byName = Dictionary(uniqueKeysWithValues: built.model.namedParameters())
+      let trained = try state.trainable.map { name -> (String, Tensor) in
+        guard let t = byName[name] else {
+          throw RecipeError(file: dir, line: nil, key: name, message: "the checkpoint trained a parameter the recipe's model does not have")
+        }
+        return (name, t)
+      }
+      try Checkpoint.loadParameters(dir, into: trained)
+      let tokenizerFolder = recipe.model.tokenizer.map { ($0 as NSString).deletingLastPathComponent } ?? built.tokenizerFolder
+      if let chat = built.model as? ChatModel { return (.chat(chat), has("tokenizer.json") ? dir : tokenizerFolder) }
+      if let llm = built.model as? DecoderLM { return (.llm(llm), has("tokenizer.json") ? dir : tokenizerFolder) }
+    }
+    if has("config.json") {
+      return (.llm(try DecoderLM.load(folder: dir)), dir)
+    }
+    throw ModelLoadError(file: dir, reason: "not a model folder", hint: "expected pivot_config.json (Pivot model), state.json (checkpoint) or config.json (HF LLM)")
+  }
+}
