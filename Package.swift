@@ -20,19 +20,24 @@ let package = Package(
     .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
     .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
     .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
+    .target(name: "CJPEGShim", dependencies: ["CJPEG"], cSettings: [.unsafeFlags(["-O2"])]),
     .target(name: "PivotTensor", dependencies: ["COpenBLAS"], swiftSettings: fast),
+    .target(name: "PivotText", swiftSettings: fast),
+    .target(name: "PivotData", dependencies: ["CZstd", "CJPEG", "CJPEGShim"], swiftSettings: fast),
     .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: fast),
     .target(name: "PivotModels", dependencies: ["PivotNN"], swiftSettings: fast),
-    .target(name: "PivotTrain", dependencies: ["PivotModels", .product(name: "Yams", package: "Yams")], swiftSettings: fast),
+    .target(name: "PivotTrain", dependencies: ["PivotModels", "PivotData", "PivotText", .product(name: "Yams", package: "Yams")], swiftSettings: fast),
     .executableTarget(
       name: "pivot",
       dependencies: [
-        "PivotTensor", "PivotNN", "PivotModels", "PivotTrain", "COpenBLAS",
+        "PivotTensor", "PivotNN", "PivotModels", "PivotTrain", "PivotData", "PivotText", "COpenBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(name: "PivotTensorTests", dependencies: ["PivotTensor", "PivotNN"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotNNTests", dependencies: ["PivotNN"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotModelsTests", dependencies: ["PivotModels"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotTrainTests", dependencies: ["PivotTrain"]),
+    .testTarget(name: "PivotTextTests", dependencies: ["PivotText"], resources: [.copy("Fixtures")]),
+    .testTarget(name: "PivotDataTests", dependencies: ["PivotData"], resources: [.copy("Fixtures")]),
   ]
 )

@@ -12,7 +12,7 @@ public final class ChatModel: Module, @unchecked Sendable {
   public let qformer: QFormer
   public let languageProjection: Linear
   public let languageModel: DecoderLM
-  public let config: ChatModelConfig
+  public var config: ChatModelConfig
 
   public var numQueryTokens: Int { queryTokens.shape[1] }
 

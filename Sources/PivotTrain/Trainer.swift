@@ -19,6 +19,14 @@ public struct ParameterRow: Sendable {
   public var frozen: Int
   /// Bytes of weights, gradients and optimizer moments this module holds.
   public var weightBytes: Int, gradientBytes: Int, optimizerBytes: Int
+  public init(module: String, trainable: Int = 0, frozen: Int = 0, weightBytes: Int = 0, gradientBytes: Int = 0, optimizerBytes: Int = 0) {
+    self.module = module
+    self.trainable = trainable
+    self.frozen = frozen
+    self.weightBytes = weightBytes
+    self.gradientBytes = gradientBytes
+    self.optimizerBytes = optimizerBytes
+  }
 }
 
 public struct StepMetrics: Sendable {

@@ -1,0 +1,157 @@
+import Foundation
+import PivotData
+import PivotTensor
+
+/// The generated world the main demo trains on (DESIGN.md, "The demo world"): coloured shapes
+/// in JPEG shards, English captions, English question–answer conversations with their Chinese
+/// translations, a bilingual text corpus, and held-out images with questions in both languages.
+public enum DemoWorld {
+  public struct Colour: Sendable { public let en, zh: String; public let rgb: (UInt8, UInt8, UInt8) }
+  public struct Shape: Sendable { public let en, zh: String }
+
+  public static let colours: [Colour] = [
+    Colour(en: "red", zh: "红色", rgb: (215, 35, 35)), Colour(en: "green", zh: "绿色", rgb: (35, 160, 55)),
+    Colour(en: "blue", zh: "蓝色", rgb: (35, 75, 215)), Colour(en: "yellow", zh: "黄色", rgb: (235, 205, 30)),
+    Colour(en: "purple", zh: "紫色", rgb: (135, 55, 175)), Colour(en: "orange", zh: "橙色", rgb: (245, 135, 25)),
+  ]
+  public static let shapes: [Shape] = [
+    Shape(en: "circle", zh: "圆形"), Shape(en: "square", zh: "正方形"), Shape(en: "triangle", zh: "三角形"), Shape(en: "cross", zh: "十字形"),
+  ]
+
+  public static let captionTemplates = ["A {c} {s}.", "A {c} {s} on a grey background.", "There is a {c} {s} in the picture.", "The image shows a {c} {s}."]
+  public static let colourQuestionsEN = ["What colour is the shape?", "What is the colour of the shape in the image?", "Which colour does the shape have?"]
+  public static let shapeQuestionsEN = ["What shape is in the image?", "What kind of shape is this?", "Which shape do you see?"]
+  public static let colourQuestionsZH = ["图中的形状是什么颜色？", "这个形状是什么颜色的？", "图片里的形状是哪种颜色？"]
+  public static let shapeQuestionsZH = ["图片里是什么形状？", "这是什么形状？", "你看到的是哪种形状？"]
+
+  public static func answer(colour c: Colour, zh: Bool) -> String { zh ? "是\(c.zh)的。" : "It is \(c.en)." }
+  public static func answer(shape s: Shape, zh: Bool) -> String { zh ? "是一个\(s.zh)。" : "It is a \(s.en)." }
+
+  /// One picture: a shape of one colour at a random place and size on a light, noisy background.
+  public static func render(colour: Colour, shape: Shape, size: Int, rng: inout PivotRNG) -> RGBImage {
+    var pixels = [UInt8](repeating: 0, count: size * size * 3)
+    let bg = 200 + Int(rng.next() % 50)
+    for i in 0..<(size * size) {
+      let n = Int(rng.next() % 9) - 4
+      for c in 0..<3 { pixels[i * 3 + c] = UInt8(clamping: bg + n) }
+    }
+    let s = Float(size)
+    let r = s * (0.22 + 0.12 * rng.uniform())  // half-size of the shape
+    let cx = r + (s - 2 * r) * rng.uniform(), cy = r + (s - 2 * r) * rng.uniform()
+    for y in 0..<size {
+      for x in 0..<size {
+        let dx = Float(x) + 0.5 - cx, dy = Float(y) + 0.5 - cy
+        let inside: Bool
+        switch shape.en {
+        case "circle": inside = dx * dx + dy * dy <= r * r
+        case "square": inside = abs(dx) <= r * 0.85 && abs(dy) <= r * 0.85
+        case "triangle": inside = dy <= r * 0.8 && dy >= -r && abs(dx) <= (dy + r) * 0.6
+        default: inside = (abs(dx) <= r * 0.3 && abs(dy) <= r) || (abs(dy) <= r * 0.3 && abs(dx) <= r)
+        }
+        if inside {
+          let i = (y * size + x) * 3
+          pixels[i] = colour.rgb.0
+          pixels[i + 1] = colour.rgb.1
+          pixels[i + 2] = colour.rgb.2
+        }
+      }
+    }
+    return RGBImage(width: size, height: size, pixels: pixels)
+  }
+
+  static func fill(_ template: String, _ c: Colour, _ s: Shape) -> String {
+    template.replacingOccurrences(of: "{c}", with: c.en).replacingOccurrences(of: "{s}", with: s.en)
+  }
+
+  static func conversation(_ turns: [(String, String)], image: Bool) -> [[String: String]] {
+    var out: [[String: String]] = []
+    for (i, (q, a)) in turns.enumerated() {
+      out.append(["from": "human", "value": i == 0 && image ? "<image>\n\(q)" : q])
+      out.append(["from": "gpt", "value": a])
+    }
+    return out
+  }
+
+  static func json(_ object: Any) -> [UInt8] {
+    Array(try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+  }
+
+  public struct Counts: Sendable {
+    public var trainImages = 3000
+    public var heldoutImages = 240
+    public var corpusLines = 6000
+    public var imageSize = 48
+    public init() {}
+  }
+
+  /// Writes the world under `dir`; returns a summary of what was written.
+  @discardableResult
+  public static func generate(into dir: String, counts: Counts = Counts(), seed: UInt64 = 0, progress: (String, Int, Int) -> Void = { _, _, _ in }) throws -> [String: Int] {
+    let fm = FileManager.default
+    try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    var rng = PivotRNG(seed: seed)
+    func path(_ p: String) -> String { (dir as NSString).appendingPathComponent(p) }
+    let captions = try ShardWriter(pattern: path("captions/captions-%06d.tar.zst"), maxSamples: 1000)
+    let convEN = try ShardWriter(pattern: path("conversations-en/conv-en-%06d.tar.zst"), maxSamples: 1000)
+    let convZH = try ShardWriter(pattern: path("conversations-zh/conv-zh-%06d.tar.zst"), maxSamples: 1000)
+    let heldCaptions = try ShardWriter(pattern: path("heldout/captions-%06d.tar.zst"), maxSamples: 10_000)
+    let heldConv = try ShardWriter(pattern: path("heldout/conversations-%06d.tar.zst"), maxSamples: 10_000)
+    let heldQA = try ShardWriter(pattern: path("heldout/questions-%06d.tar.zst"), maxSamples: 10_000)
+    let total = counts.trainImages + counts.heldoutImages
+    for i in 0..<total {
+      let c = colours[Int(rng.next() % UInt64(colours.count))], s = shapes[Int(rng.next() % UInt64(shapes.count))]
+      let jpeg = try JPEG.encode(render(colour: c, shape: s, size: counts.imageSize, rng: &rng), quality: 92)
+      let key = String(format: "%06d", i)
+      let caption = fill(captionTemplates[Int(rng.next() % UInt64(captionTemplates.count))], c, s)
+      let ce = colourQuestionsEN[Int(rng.next() % 3)], se = shapeQuestionsEN[Int(rng.next() % 3)]
+      let cz = colourQuestionsZH[Int(rng.next() % 3)], sz = shapeQuestionsZH[Int(rng.next() % 3)]
+      // Question order varies so neither answer is always first.
+      let colourFirst = rng.next() % 2 == 0
+      let en = colourFirst ? [(ce, answer(colour: c, zh: false)), (se, answer(shape: s, zh: false))] : [(se, answer(shape: s, zh: false)), (ce, answer(colour: c, zh: false))]
+      let zh = colourFirst ? [(cz, answer(colour: c, zh: true)), (sz, answer(shape: s, zh: true))] : [(sz, answer(shape: s, zh: true)), (cz, answer(colour: c, zh: true))]
+      let img = SampleField(name: "jpg", data: jpeg)
+      if i < counts.trainImages {
+        try captions.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "txt", data: Array(caption.utf8))]))
+        try convEN.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "json", data: json(["conversations": conversation(en, image: true)]))]))
+        try convZH.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "json", data: json(["conversations": conversation(zh, image: true)]))]))
+      } else {
+        try heldCaptions.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "txt", data: Array(caption.utf8))]))
+        try heldConv.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "json", data: json(["conversations": conversation(colourFirst ? en : zh, image: true)]))]))
+        let questions: [[String: String]] = [
+          ["lang": "en", "kind": "colour", "question": ce, "answer": c.en],
+          ["lang": "en", "kind": "shape", "question": se, "answer": s.en],
+          ["lang": "zh", "kind": "colour", "question": cz, "answer": c.zh],
+          ["lang": "zh", "kind": "shape", "question": sz, "answer": s.zh],
+        ]
+        try heldQA.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "json", data: json(["questions": questions, "colour": c.en, "shape": s.en]))]))
+      }
+      if i % 100 == 0 || i == total - 1 { progress("images", i + 1, total) }
+    }
+    for w in [captions, convEN, convZH, heldCaptions, heldConv, heldQA] { try w.finish() }
+    // Bilingual text for stage 0 and the tokenizer: facts, translations and text-only chats.
+    var lines: [String] = []
+    for _ in 0..<counts.corpusLines {
+      let c = colours[Int(rng.next() % UInt64(colours.count))], s = shapes[Int(rng.next() % UInt64(shapes.count))]
+      switch rng.next() % 8 {
+      case 0: lines.append("The \(s.en) is \(c.en). 这个\(s.zh)是\(c.zh)的。")
+      case 1: lines.append("\(c.en) is \(c.zh) in Chinese. \(s.en) is \(s.zh) in Chinese.")
+      case 2: lines.append(fill(captionTemplates[Int(rng.next() % 4)], c, s) + " 这是一个\(c.zh)的\(s.zh)。")
+      case 3: lines.append("<|im_start|>user\nA \(c.en) \(s.en). \(colourQuestionsEN[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(colour: c, zh: false))<|im_end|>")
+      case 4: lines.append("<|im_start|>user\n一个\(c.zh)的\(s.zh)。\(colourQuestionsZH[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(colour: c, zh: true))<|im_end|>")
+      case 5: lines.append("<|im_start|>user\nA \(c.en) \(s.en). \(shapeQuestionsEN[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(shape: s, zh: false))<|im_end|>")
+      case 6: lines.append("<|im_start|>user\n一个\(c.zh)的\(s.zh)。\(shapeQuestionsZH[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(shape: s, zh: true))<|im_end|>")
+      default: lines.append("A \(c.en) \(s.en) and a \(colours[Int(rng.next() % 6)].en) \(shapes[Int(rng.next() % 4)].en). 一个\(c.zh)的\(s.zh)。")
+      }
+    }
+    try (lines.joined(separator: "\n") + "\n").write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
+    let text = try ShardWriter(pattern: path("text/text-%06d.tar.zst"), maxSamples: 100_000)
+    let heldText = try ShardWriter(pattern: path("heldout/text-%06d.tar.zst"), maxSamples: 100_000)
+    for (i, line) in lines.enumerated() {
+      let sample = ShardSample(key: String(format: "%06d", i), url: "", fields: [SampleField(name: "txt", data: Array(line.utf8))])
+      if i % 20 == 19 { try heldText.write(sample) } else { try text.write(sample) }
+    }
+    try text.finish()
+    try heldText.finish()
+    return ["train_images": counts.trainImages, "heldout_images": counts.heldoutImages, "corpus_lines": lines.count]
+  }
+}

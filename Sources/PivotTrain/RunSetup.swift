@@ -1,0 +1,107 @@
+import Foundation
+import PivotData
+import PivotModels
+import PivotNN
+import PivotTensor
+import PivotText
+
+/// Everything a recipe needs, built once: model, tokenizer, chat template, data sources.
+public struct RunSetup {
+  public let recipe: Recipe
+  public let built: BuiltModel
+  public let tokenizer: Tokenizer
+  public let tokenizerPath: String
+  public let template: ChatTemplate
+  public let encoder: ChatSampleEncoder
+  public let image: ImagePreprocessing
+
+  public var model: any TrainableModel { built.model }
+
+  public init(recipe: Recipe) throws {
+    self.recipe = recipe
+    built = try ModelBuilder.build(recipe)
+    guard let path = RunSetup.tokenizerPath(recipe: recipe, folder: built.tokenizerFolder) else {
+      throw RecipeError(file: recipe.file, line: nil, key: "model.tokenizer", message: "no tokenizer: name a tokenizer.json in model.tokenizer")
+    }
+    tokenizerPath = path
+    tokenizer = try Tokenizer(contentsOf: URL(fileURLWithPath: path))
+    let chat = built.model as? ChatModel
+    let placeholder = tokenizer.id(forToken: "<|image_pad|>") ?? tokenizer.id(forToken: "<image>")
+    if chat != nil && placeholder == nil {
+      throw RecipeError(file: path, line: nil, key: "model.tokenizer", message: "the tokenizer has no image placeholder token (<|image_pad|> or <image>)")
+    }
+    if let chat, let placeholder { chat.config.imageTokenId = placeholder }
+    template = try ChatTemplate(tokenizer: tokenizer, named: recipe.model.chatTemplate == "auto" ? nil : recipe.model.chatTemplate, imagePlaceholderID: placeholder)
+    encoder = ChatSampleEncoder(template: template, imageTokenCount: chat?.numQueryTokens ?? 0, captionPrompt: recipe.data.captionPrompt,
+                                plainText: recipe.stage == .text)
+    image = chat.map { RunSetup.preprocessing(for: $0, visionFolder: recipe.model.vision) } ?? .clip(size: 224)
+  }
+
+  static func tokenizerPath(recipe: Recipe, folder: String?) -> String? {
+    if let t = recipe.model.tokenizer { return t }
+    guard let folder else { return nil }
+    let p = (folder as NSString).appendingPathComponent("tokenizer.json")
+    return FileManager.default.fileExists(atPath: p) ? p : nil
+  }
+
+  /// The tower's own preprocessing: its preprocessor_config.json when the folder has one,
+  /// otherwise CLIP's mean/std for CLIP and ImageNet's (resize 256/224 · crop) for DINOv2.
+  public static func preprocessing(for model: ChatModel, visionFolder: String?) -> ImagePreprocessing {
+    let size = model.config.imageSize
+    if let folder = visionFolder, let d = try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: (folder as NSString).appendingPathComponent("preprocessor_config.json")))) as? [String: Any] {
+      let mean = (d["image_mean"] as? [Double])?.map(Float.init) ?? ImagePreprocessing.clipMean
+      let std = (d["image_std"] as? [Double])?.map(Float.init) ?? ImagePreprocessing.clipStd
+      let shortest = (d["size"] as? [String: Any])?["shortest_edge"] as? Int ?? size
+      return ImagePreprocessing(shortestSide: max(shortest, size), cropHeight: size, cropWidth: size, mean: mean, std: std)
+    }
+    if case .dinov2 = model.config.vision {
+      return ImagePreprocessing(shortestSide: size * 256 / 224, cropHeight: size, cropWidth: size,
+                                mean: ImagePreprocessing.imagenetMean, std: ImagePreprocessing.imagenetStd)
+    }
+    return .clip(size: size)
+  }
+
+  public func datasetConfig(sources: [Recipe.Source], training: Bool) throws -> DatasetConfig {
+    let specs = try sources.enumerated().map { i, s in
+      DataSourceSpec(name: "source\(i):\(s.shards)", shards: try ShardList.expand(s.shards), weight: s.weight)
+    }
+    var c = DatasetConfig(sources: specs, kind: recipe.stage == .instruct ? .conversation : .caption,
+                          batchSize: recipe.batchSize, maxLength: recipe.data.maxLength)
+    c.seed = recipe.seed
+    c.image = image
+    c.requireImage = recipe.stage != .text
+    c.shuffle = training
+    c.shuffleWindow = recipe.data.shuffleBuffer
+    c.maxBadFraction = recipe.data.maxBadFraction
+    c.decodeThreads = recipe.data.workers
+    return c
+  }
+
+  public func trainingSource() throws -> ShardBatchSource {
+    try ShardBatchSource(config: try datasetConfig(sources: recipe.data.sources, training: true), encoder: encoder)
+  }
+
+  public func evalSourceFactory() -> (() throws -> BatchSource)? {
+    guard let shards = recipe.data.evalShards else { return nil }
+    return {
+      var c = try self.datasetConfig(sources: [Recipe.Source(shards: shards)], training: false)
+      c.epochs = nil
+      return try ShardBatchSource(config: c, encoder: self.encoder)
+    }
+  }
+
+  /// The complete model, written after training so the next stage (or `pivot chat`) starts from it.
+  public func saveFinal(into output: String) throws {
+    let dir = (output as NSString).appendingPathComponent("final")
+    let tmp = (output as NSString).appendingPathComponent(".final.tmp-\(getpid())")
+    try? FileManager.default.removeItem(atPath: tmp)
+    switch built.model {
+    case let chat as ChatModel: try chat.save(folder: tmp)
+    case let llm as DecoderLM: try llm.save(folder: tmp)
+    default: return
+    }
+    try FileManager.default.copyItem(atPath: tokenizerPath, toPath: (tmp as NSString).appendingPathComponent("tokenizer.json"))
+    try? FileManager.default.removeItem(atPath: dir)
+    try FileManager.default.moveItem(atPath: tmp, toPath: dir)
+  }
+}

@@ -1,0 +1,138 @@
+import ArgumentParser
+import Foundation
+import PivotData
+import PivotModels
+import PivotNN
+import PivotTensor
+import PivotText
+import PivotTrain
+
+struct Eval: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Held-out loss and perplexity; accuracy where the shards carry reference answers.",
+    discussion: "Samples with a txt caption or a json conversation give loss and perplexity. Samples whose json has \"questions\" ([{lang, question, answer}]) are answered greedily; an answer counts as right when the reference word appears in the reply. Prints a table per language and a JSON line.")
+
+  @Option(help: "Model folder (Pivot model, checkpoint, or HF LLM).") var model: String
+  @Option(help: "Shard pattern.") var shards: String
+  @Option(help: "Batch size for the loss.") var batchSize = 8
+  @Option(help: "Longest sequence for the loss.") var maxLength = 256
+  @Option(help: "The instruction used with captions.") var captionPrompt = "Describe the image."
+  @Option(help: "Sample answers to print per language.") var samples = 3
+  @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+
+  func run() throws {
+    Threads.set(threads)
+    let a = try Assistant(modelDir: model)
+    let paths = try ShardList.expand(shards)
+    guard let first = paths.first else { throw ValidationError("no shards match \(shards)") }
+    // Look at the first sample to choose what to measure.
+    let reader = try ShardSampleReader(path: first)
+    var probe: ShardSample?
+    while let item = try reader.next() { if case .sample(let s) = item { probe = s; break } }
+    guard let probe else { throw ValidationError("\(first) has no readable sample") }
+    if let js = probe.first(of: ["json"]), let obj = try? JSONSerialization.jsonObject(with: Data(js)) as? [String: Any], obj["questions"] != nil {
+      try answerQuestions(a)
+    } else {
+      try loss(a, kind: probe.first(of: ["json"]) != nil ? .conversation : .caption, plain: probe.first(of: ["jpg", "jpeg"]) == nil)
+    }
+  }
+
+  func loss(_ a: Assistant, kind: SampleKind, plain: Bool) throws {
+    let q: Int
+    if case .chat(let m) = a.model { q = m.numQueryTokens } else { q = 0 }
+    let encoder = ChatSampleEncoder(template: a.template, imageTokenCount: q, captionPrompt: captionPrompt, plainText: plain)
+    var config = DatasetConfig(sources: [DataSourceSpec(name: "eval", shards: try ShardList.expand(shards))], kind: kind, batchSize: batchSize, maxLength: maxLength)
+    config.shuffle = false
+    config.epochs = 1
+    config.requireImage = !plain
+    if let image = a.image { config.image = image }
+    let loader = try DataLoader(config: config, encoder: encoder)
+    var total = 0.0, counted = 0, batches = 0
+    let bar = ProgressBar(label: "eval", total: nil, unit: "batches")
+    try noGrad {
+      while let b = try loader.nextBatch() {
+        let (l, n) = a.model.module.loss(ShardBatchSource.convert(b))
+        total += Double(l.item) * Double(n)
+        counted += n
+        batches += 1
+        bar.update(batches, detail: String(format: "loss %.4f", total / Double(max(counted, 1))))
+      }
+    }
+    bar.finish()
+    let mean = total / Double(max(counted, 1))
+    print(String(format: "loss %.4f  perplexity %.3f  over %d tokens", mean, Foundation.exp(mean), counted))
+    emitJSON(["phase": "eval", "model": model, "shards": shards, "loss": mean, "perplexity": Foundation.exp(mean), "tokens": counted])
+  }
+
+  func answerQuestions(_ a: Assistant) throws {
+    var right: [String: Int] = [:], asked: [String: Int] = [:]
+    var examples: [String: [String]] = [:]
+    var options = GenerationOptions()
+    options.maxNewTokens = 16
+    let bar = ProgressBar(label: "questions", total: nil, unit: "images")
+    var images = 0
+    _ = try forEachSample(shards) { s in
+      guard let js = s.first(of: ["json"]), let obj = try? JSONSerialization.jsonObject(with: Data(js)) as? [String: Any],
+        let questions = obj["questions"] as? [[String: String]]
+      else { return }
+      var pixels: Tensor? = nil
+      if let jpeg = s.first(of: ["jpg", "jpeg"]), let image = a.image {
+        let t = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
+        try image.process(jpeg: jpeg, key: s.key, into: t.ptr)
+        pixels = t
+      }
+      for q in questions {
+        guard let lang = q["lang"], let question = q["question"], let answer = q["answer"] else { continue }
+        let content = pixels == nil ? question : "<image>\n\(question)"
+        let r = try a.reply([ChatMessage(role: "user", content: content)], pixels: pixels, options: options) { _ in }
+        let reply = a.tokenizer.decode(r.ids, skipSpecialTokens: true).trimmingCharacters(in: .whitespacesAndNewlines)
+        let ok = reply.lowercased().contains(answer.lowercased())
+        asked[lang, default: 0] += 1
+        if ok { right[lang, default: 0] += 1 }
+        if examples[lang, default: []].count < samples {
+          examples[lang, default: []].append("\(question) → \(reply)   [\(ok ? "right" : "wrong"), expected \(answer)]")
+        }
+      }
+      images += 1
+      bar.update(images)
+    }
+    bar.finish()
+    print("| language | questions | right | accuracy |")
+    print("|---|---:|---:|---:|")
+    var record: [String: Any] = ["phase": "eval", "model": model, "shards": shards]
+    for lang in asked.keys.sorted() {
+      let acc = Double(right[lang, default: 0]) / Double(max(asked[lang]!, 1))
+      print(String(format: "| %@ | %d | %d | %.1f%% |", lang, asked[lang]!, right[lang, default: 0], acc * 100))
+      record["accuracy_\(lang)"] = acc
+      record["questions_\(lang)"] = asked[lang]!
+    }
+    for lang in examples.keys.sorted() {
+      print("\nsample answers (\(lang)):")
+      for e in examples[lang]! { print("  \(e)") }
+    }
+    emitJSON(record)
+  }
+}
+
+struct DemoWorldCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "demo-world",
+    abstract: "Generate the demo world: coloured shapes in JPEG shards, English captions, English and Chinese conversations, a bilingual corpus, held-out questions.")
+  @Option(help: "Output folder.") var out = "demo-world"
+  @Option(help: "Training images.") var trainImages = 3000
+  @Option(help: "Held-out images.") var heldoutImages = 240
+  @Option(help: "Lines of the bilingual text corpus.") var corpusLines = 6000
+  @Option(help: "Image side in pixels.") var imageSize = 48
+  @Option(help: "Seed.") var seed: UInt64 = 0
+
+  func run() throws {
+    var counts = DemoWorld.Counts()
+    counts.trainImages = trainImages
+    counts.heldoutImages = heldoutImages
+    counts.corpusLines = corpusLines
+    counts.imageSize = imageSize
+    let bar = ProgressBar(label: "demo world", total: trainImages + heldoutImages, unit: "images")
+    let summary = try DemoWorld.generate(into: out, counts: counts, seed: seed) { _, done, _ in bar.update(done) }
+    bar.finish(detail: "\(summary["train_images"]!) train, \(summary["heldout_images"]!) held-out images, \(summary["corpus_lines"]!) corpus lines → \(out)")
+  }
+}

@@ -1,0 +1,214 @@
+import ArgumentParser
+import Foundation
+import PivotData
+import PivotModels
+import PivotNN
+import PivotTensor
+import PivotText
+import PivotTrain
+
+/// A loaded model with its tokenizer and chat template, ready to answer.
+final class Assistant {
+  let model: LoadedModel
+  let tokenizer: Tokenizer
+  let template: ChatTemplate
+  let image: ImagePreprocessing?
+  let stopIds: Set<Int32>
+
+  init(modelDir: String, chatTemplate: String? = nil) throws {
+    let (model, folder) = try ModelLoader.load(modelDir)
+    self.model = model
+    guard let folder, FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent("tokenizer.json")) else {
+      throw ValidationError("\(modelDir): no tokenizer.json beside the model")
+    }
+    tokenizer = try Tokenizer(contentsOf: URL(fileURLWithPath: folder))
+    var placeholder: Int32? = nil
+    if case .chat(let m) = model {
+      placeholder = m.config.imageTokenId
+      image = RunSetup.preprocessing(for: m, visionFolder: nil)
+    } else {
+      image = nil
+    }
+    template = try ChatTemplate(tokenizer: tokenizer, named: chatTemplate, imagePlaceholderID: placeholder)
+    var stops = Set<Int32>()
+    for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>"] { if let id = tokenizer.id(forToken: t) { stops.insert(id) } }
+    if let eos = tokenizer.eosTokenID { stops.insert(eos) }
+    if case .llm(let m) = model { for id in m.config.eosTokenIds { stops.insert(Int32(id)) } }
+    stopIds = stops
+  }
+
+  var hasVision: Bool { if case .chat = model { true } else { false } }
+
+  func pixels(jpegAt path: String) throws -> Tensor {
+    guard let image else { throw ValidationError("this model has no vision tower; drop --image") }
+    guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path)") }
+    let t = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
+    try image.process(jpeg: Array(data), key: path, into: t.ptr)
+    return t
+  }
+
+  /// Generates a reply to `messages`; `<image>` in a message marks where the picture goes.
+  /// Streams text through `emit`; returns the new ids and the seconds to the first token.
+  func reply(
+    _ messages: [ChatMessage], pixels: Tensor?, options: GenerationOptions, stopStrings: [String] = [], emit: (String) -> Void
+  ) throws -> (ids: [Int32], firstTokenSeconds: Double, seconds: Double) {
+    let q: Int
+    if case .chat(let m) = model { q = pixels == nil ? 0 : m.numQueryTokens } else { q = 0 }
+    let rendered = try template.render(messages: messages, imageTokenCount: q, addGenerationPrompt: true)
+    var options = options
+    options.stopTokenIds.formUnion(stopIds)
+    var stream = tokenizer.makeIncrementalDecoder(skipSpecialTokens: true)
+    var text = ""
+    let start = Date()
+    var first: Double? = nil
+    let onToken: (Int32) -> Bool = { id in
+      if first == nil { first = Date().timeIntervalSince(start) }
+      if options.stopTokenIds.contains(id) { return false }
+      let piece = stream.push(id)
+      text += piece
+      emit(piece)
+      return !stopStrings.contains { text.hasSuffix($0) }
+    }
+    let ids: [Int32]
+    switch model {
+    case .chat(let m):
+      ids = m.generate(ids: rendered.ids, pixels: pixels, imageStart: pixels == nil ? nil : rendered.imageSlot?.lowerBound, options: options, onToken: onToken)
+    case .llm(let m):
+      let x = noGrad { m.embed(rendered.ids, shape: [1, rendered.ids.count]) }
+      ids = m.generate(embeddings: x, history: rendered.ids, options: options, onToken: onToken)
+    }
+    emit(stream.finish())
+    return (ids, first ?? 0, Date().timeIntervalSince(start))
+  }
+}
+
+struct SamplingOptions: ParsableArguments {
+  @Option(help: "Most tokens to generate.") var maxNewTokens = 256
+  @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Float = 0
+  @Option(help: "Keep the k most likely tokens (0: all).") var topK = 0
+  @Option(help: "Keep the smallest set of tokens whose probability reaches p.") var topP: Float = 1
+  @Option(help: "Divide the logits of tokens already present (transformers' rule).") var repetitionPenalty: Float = 1
+  @Option(help: "Seed for sampling.") var seed: UInt64 = 0
+  @Option(help: "Stop when the output ends with this text (repeatable).") var stop: [String] = []
+
+  var generation: GenerationOptions {
+    var g = GenerationOptions()
+    g.maxNewTokens = maxNewTokens
+    g.temperature = temperature
+    g.topK = topK
+    g.topP = topP
+    g.repetitionPenalty = repetitionPenalty
+    g.seed = seed
+    return g
+  }
+}
+
+struct Chat: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Chat with a model: one-shot with --prompt, otherwise interactive (/image FILE, /reset, /quit).",
+    discussion: "--model takes a Pivot model folder, a training checkpoint, or a plain HF Qwen2/LLaMA folder (text-only chat).")
+
+  @Option(help: "Model folder.") var model: String
+  @Option(help: "A JPEG to talk about.") var image: String?
+  @Option(help: "One prompt: answer it and exit.") var prompt: String?
+  @Option(help: "System prompt.") var system: String?
+  @Option(help: "Chat template (chatml, llama3, plain); default: the tokenizer's.") var chatTemplate: String?
+  @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+  @OptionGroup var sampling: SamplingOptions
+
+  func run() throws {
+    Threads.set(threads)
+    let started = Date()
+    let a = try Assistant(modelDir: model, chatTemplate: chatTemplate)
+    var pixels = try image.map { try a.pixels(jpegAt: $0) }
+    var history: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+    func ask(_ text: String, withImage: Bool) throws {
+      let content = withImage && pixels != nil ? "<image>\n\(text)" : text
+      history.append(ChatMessage(role: "user", content: content))
+      let r = try a.reply(history, pixels: history.contains { $0.content.contains("<image>") } ? pixels : nil,
+                          options: sampling.generation, stopStrings: sampling.stop) { piece in
+        FileHandle.standardOutput.write(piece.data(using: .utf8)!)
+      }
+      print("")
+      history.append(ChatMessage(role: "assistant", content: a.tokenizer.decode(r.ids, skipSpecialTokens: true)))
+      eprint(String(format: "[%d tokens, %.1f tokens/s, first token after %.2f s]", r.ids.count, Double(r.ids.count) / max(r.seconds, 1e-9), r.firstTokenSeconds))
+    }
+    if let prompt {
+      try ask(prompt, withImage: true)
+      eprint(String(format: "[start to first token: %.2f s]", Date().timeIntervalSince(started)))
+      return
+    }
+    eprint("Pivot chat. /image FILE attaches a picture, /reset clears the conversation, /quit leaves.")
+    var attachNext = pixels != nil
+    while true {
+      FileHandle.standardError.write("> ".data(using: .utf8)!)
+      guard let line = readLine() else { break }
+      let text = line.trimmingCharacters(in: .whitespaces)
+      if text.isEmpty { continue }
+      if text == "/quit" { break }
+      if text == "/reset" { history = system.map { [ChatMessage(role: "system", content: $0)] } ?? []; continue }
+      if text.hasPrefix("/image ") {
+        do {
+          pixels = try a.pixels(jpegAt: String(text.dropFirst(7)).trimmingCharacters(in: .whitespaces))
+          history = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+          attachNext = true
+          eprint("image attached; the conversation starts over")
+        } catch { eprint("\(error)") }
+        continue
+      }
+      try ask(text, withImage: attachNext)
+      attachNext = false
+    }
+  }
+}
+
+/// Every sample of the shards, in order (bad samples reported and skipped).
+func forEachSample(_ pattern: String, _ body: (ShardSample) throws -> Void) throws -> (good: Int, bad: Int) {
+  var good = 0, bad = 0
+  for path in try ShardList.expand(pattern) {
+    let reader = try ShardSampleReader(path: path)
+    while let item = try reader.next() {
+      switch item {
+      case .sample(let s): try body(s); good += 1
+      case .bad(let key, let message): eprint("\(path): skipped sample \(key): \(message)"); bad += 1
+      }
+    }
+  }
+  return (good, bad)
+}
+
+struct Caption: ParsableCommand {
+  static let configuration = CommandConfiguration(abstract: "Caption every image in shards; one JSON line per sample.")
+  @Option(help: "Model folder.") var model: String
+  @Option(help: "Shard pattern, e.g. data/pairs-{000000..000009}.tar.zst") var shards: String
+  @Option(help: "Output JSONL.") var out: String
+  @Option(help: "The instruction given with each image.") var prompt = "Describe the image."
+  @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+  @OptionGroup var sampling: SamplingOptions
+
+  func run() throws {
+    Threads.set(threads)
+    let a = try Assistant(modelDir: model)
+    guard a.hasVision else { throw ValidationError("\(model) has no vision tower") }
+    FileManager.default.createFile(atPath: out, contents: nil)
+    guard let handle = FileHandle(forWritingAtPath: out) else { throw ValidationError("cannot write \(out)") }
+    defer { try? handle.close() }
+    let total = try ShardList.expand(shards).count
+    let bar = ProgressBar(label: "caption", total: nil, unit: "images")
+    var n = 0
+    let counts = try forEachSample(shards) { s in
+      guard let jpeg = s.first(of: ["jpg", "jpeg"]), let image = a.image else { return }
+      let t = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
+      do { try image.process(jpeg: jpeg, key: s.key, into: t.ptr) } catch { eprint("\(s.url): \(s.key): \(error)"); return }
+      let r = try a.reply([ChatMessage(role: "user", content: "<image>\n\(prompt)")], pixels: t, options: sampling.generation, stopStrings: sampling.stop) { _ in }
+      let text = a.tokenizer.decode(r.ids, skipSpecialTokens: true).trimmingCharacters(in: .whitespacesAndNewlines)
+      var record: [String: Any] = ["key": s.key, "caption": text]
+      if let ref = s.first(of: ["txt"]) { record["reference"] = String(decoding: ref, as: UTF8.self) }
+      handle.write(try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys, .withoutEscapingSlashes]))
+      handle.write("\n".data(using: .utf8)!)
+      n += 1
+      bar.update(n, detail: "\(total) shard(s)")
+    }
+    bar.finish(detail: "\(counts.good) captioned, \(counts.bad) skipped → \(out)")
+  }
+}
