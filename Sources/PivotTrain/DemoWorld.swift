@@ -35,9 +35,11 @@ public enum DemoWorld {
       let n = Int(rng.next() % 9) - 4
       for c in 0..<3 { pixels[i * 3 + c] = UInt8(clamping: bg + n) }
     }
+    // Near the centre with some jitter in place and size: the toy vision tower is random and
+    // frozen, so the demo measures language transfer, not translation-invariant recognition.
     let s = Float(size)
-    let r = s * (0.22 + 0.12 * rng.uniform())  // half-size of the shape
-    let cx = r + (s - 2 * r) * rng.uniform(), cy = r + (s - 2 * r) * rng.uniform()
+    let r = s * (0.26 + 0.08 * rng.uniform())  // half-size of the shape
+    let cx = s / 2 + s * 0.08 * (2 * rng.uniform() - 1), cy = s / 2 + s * 0.08 * (2 * rng.uniform() - 1)
     for y in 0..<size {
       for x in 0..<size {
         let dx = Float(x) + 0.5 - cx, dy = Float(y) + 0.5 - cy

@@ -91,6 +91,32 @@ public struct RunSetup {
   }
 
   /// The complete model, written after training so the next stage (or `pivot chat`) starts from it.
+  /// The tokenizer's own tokenizer_config.json when it has one; otherwise one whose Jinja
+  /// `chat_template` is the template this run trained with, so Pivot and transformers format
+  /// prompts the way training did.
+  func writeTokenizerConfig(into dir: String) throws {
+    let own = ((tokenizerPath as NSString).deletingLastPathComponent as NSString).appendingPathComponent("tokenizer_config.json")
+    let dst = (dir as NSString).appendingPathComponent("tokenizer_config.json")
+    if FileManager.default.fileExists(atPath: own) {
+      try FileManager.default.copyItem(atPath: own, toPath: dst)
+      return
+    }
+    var config: [String: Any] = ["tokenizer_class": "PreTrainedTokenizerFast"]
+    switch template.format {
+    case .chatML:
+      config["chat_template"] = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+      config["eos_token"] = "<|im_end|>"
+    case .llama3:
+      config["chat_template"] = "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+      config["eos_token"] = "<|eot_id|>"
+    default:
+      break
+    }
+    if tokenizer.id(forToken: "<|endoftext|>") != nil { config["pad_token"] = "<|endoftext|>" }
+    let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    try data.write(to: URL(fileURLWithPath: dst))
+  }
+
   public func saveFinal(into output: String) throws {
     let dir = (output as NSString).appendingPathComponent("final")
     let tmp = (output as NSString).appendingPathComponent(".final.tmp-\(getpid())")
@@ -101,6 +127,7 @@ public struct RunSetup {
     default: return
     }
     try FileManager.default.copyItem(atPath: tokenizerPath, toPath: (tmp as NSString).appendingPathComponent("tokenizer.json"))
+    try writeTokenizerConfig(into: tmp)
     try? FileManager.default.removeItem(atPath: dir)
     try FileManager.default.moveItem(atPath: tmp, toPath: dir)
   }

@@ -94,7 +94,7 @@ public final class Trainer {
     var order: [String] = []
     for (name, t) in model.namedParameters() {
       let parts = name.split(separator: ".")
-      let key = parts.count > 2 && ["language_model", "vision_tower"].contains(String(parts[0]))
+      let key = parts.count > 2 && ["language_model", "vision_tower", "model"].contains(String(parts[0]))
         ? parts.prefix(2).joined(separator: ".") : String(parts[0])
       if rows[key] == nil { rows[key] = ParameterRow(module: key, trainable: 0, frozen: 0, weightBytes: 0, gradientBytes: 0, optimizerBytes: 0); order.append(key) }
       if t.requiresGrad {

@@ -89,6 +89,10 @@ struct Eval: ParsableCommand {
         let ok = reply.lowercased().contains(answer.lowercased())
         asked[lang, default: 0] += 1
         if ok { right[lang, default: 0] += 1 }
+        if let kind = q["kind"] {
+          asked["\(lang)/\(kind)", default: 0] += 1
+          if ok { right["\(lang)/\(kind)", default: 0] += 1 }
+        }
         if examples[lang, default: []].count < samples {
           examples[lang, default: []].append("\(question) → \(reply)   [\(ok ? "right" : "wrong"), expected \(answer)]")
         }
@@ -100,11 +104,12 @@ struct Eval: ParsableCommand {
     print("| language | questions | right | accuracy |")
     print("|---|---:|---:|---:|")
     var record: [String: Any] = ["phase": "eval", "model": model, "shards": shards]
-    for lang in asked.keys.sorted() {
+    for lang in asked.keys.sorted(by: { ($0.contains("/") ? 1 : 0, $0) < ($1.contains("/") ? 1 : 0, $1) }) {
       let acc = Double(right[lang, default: 0]) / Double(max(asked[lang]!, 1))
       print(String(format: "| %@ | %d | %d | %.1f%% |", lang, asked[lang]!, right[lang, default: 0], acc * 100))
-      record["accuracy_\(lang)"] = acc
-      record["questions_\(lang)"] = asked[lang]!
+      let field = lang.replacingOccurrences(of: "/", with: "_")
+      record["accuracy_\(field)"] = acc
+      record["questions_\(field)"] = asked[lang]!
     }
     for lang in examples.keys.sorted() {
       print("\nsample answers (\(lang)):")

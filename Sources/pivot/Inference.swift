@@ -29,7 +29,10 @@ final class Assistant {
     } else {
       image = nil
     }
-    template = try ChatTemplate(tokenizer: tokenizer, named: chatTemplate, imagePlaceholderID: placeholder)
+    // An explicit choice wins, then the template the model was trained with, then the tokenizer's.
+    var name = chatTemplate
+    if name == nil, case .chat(let m) = model, m.config.chatTemplate != "auto" { name = m.config.chatTemplate }
+    template = try ChatTemplate(tokenizer: tokenizer, named: name, imagePlaceholderID: placeholder)
     var stops = Set<Int32>()
     for t in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>"] { if let id = tokenizer.id(forToken: t) { stops.insert(id) } }
     if let eos = tokenizer.eosTokenID { stops.insert(eos) }
