@@ -1,5 +1,23 @@
 import Foundation
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
+/// User + system CPU time of the whole process (all threads).
+func processCPUSeconds() -> Double {
+  var usage = rusage()
+  #if os(Linux)
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+  #else
+    getrusage(RUSAGE_SELF, &usage)
+  #endif
+  return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 + Double(usage.ru_stime.tv_sec)
+    + Double(usage.ru_stime.tv_usec) / 1e6
+}
+
 /// A byte-level stand-in tokenizer for measuring the data path without PivotText.
 struct ByteLevelBenchEncoder: SampleEncoder {
   var imageTokens = 32
@@ -81,6 +99,7 @@ public func runDataBench(
   config.image.useDCTScaling = useDCTScaling
   let loader = try PrefetchingDataLoader(config: config, encoder: ByteLevelBenchEncoder())
   let bar = progress ? ProgressBar(label: "bench data", total: maxImages, unit: "images") : nil
+  let cpuStart = processCPUSeconds()
   let start = Date()
   var images = 0
   var batches = 0
@@ -94,10 +113,13 @@ public func runDataBench(
   }
   loader.stop()
   let seconds = Date().timeIntervalSince(start)
+  let cpuSeconds = processCPUSeconds() - cpuStart
   bar?.finish()
   return [
     "images_per_second": Double(images) / seconds, "images": Double(images), "batches": Double(batches),
     "seconds": seconds, "peak_rss_mib": peakResidentMiB(), "decode_threads": Double(decodeThreads),
+    // Work per CPU-second of all threads: comparable across runs on a machine shared with other jobs.
+    "cpu_seconds": cpuSeconds, "images_per_cpu_second": Double(images) / max(cpuSeconds, 1e-9),
     "checksum": checksum,
   ]
 }

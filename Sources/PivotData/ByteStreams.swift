@@ -3,7 +3,27 @@ import Foundation
 
 #if canImport(Glibc)
   import Glibc
+#elseif canImport(Darwin)
+  import Darwin
 #endif
+
+/// The C library's read and write, named apart from the stream methods of the same name.
+@inline(__always) private func systemRead(_ descriptor: Int32, _ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int
+{
+  #if canImport(Glibc)
+    return Glibc.read(descriptor, buffer, count)
+  #else
+    return Darwin.read(descriptor, buffer, count)
+  #endif
+}
+
+@inline(__always) private func systemWrite(_ descriptor: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int {
+  #if canImport(Glibc)
+    return Glibc.write(descriptor, buffer, count)
+  #else
+    return Darwin.write(descriptor, buffer, count)
+  #endif
+}
 
 /// A source of bytes read in pieces; `read` returns 0 at the end.
 public protocol ByteStream {
@@ -27,7 +47,7 @@ public final class FileByteStream: ByteStream {
 
   public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
     while true {
-      let count = Glibc.read(descriptor, buffer.baseAddress, buffer.count)
+      let count = systemRead(descriptor, buffer.baseAddress, buffer.count)
       if count >= 0 { return count }
       if errno == EINTR { continue }
       throw DataError.io(path: path, message: String(cString: strerror(errno)))
@@ -134,7 +154,7 @@ public final class FileByteSink: ByteSink {
   public func write(_ bytes: UnsafeRawBufferPointer) throws {
     var offset = 0
     while offset < bytes.count {
-      let count = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+      let count = systemWrite(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
       if count < 0 {
         if errno == EINTR { continue }
         throw DataError.io(path: path, message: "write failed: " + String(cString: strerror(errno)))

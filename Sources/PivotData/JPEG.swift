@@ -46,6 +46,9 @@ public enum JPEG {
     return Header(width: Int(info.width), height: Int(info.height), components: Int(info.components))
   }
 
+  /// Decoded images above this many pixels are refused: a damaged header can claim 65535 × 65535.
+  public static let maximumDecodedPixels = 64 << 20
+
   /// Decodes to RGB at 1/`scaleDenominator` of full size (1, 2, 4 or 8; libjpeg's DCT scaling).
   public static func decode(_ data: [UInt8], scaleDenominator: Int = 1, key: String = "?") throws -> RGBImage {
     let header = try header(data, key: key)
@@ -61,16 +64,22 @@ public enum JPEG {
     }
     let width = (header.width + scaleDenominator - 1) / scaleDenominator
     let height = (header.height + scaleDenominator - 1) / scaleDenominator
-    var pixels = [UInt8](repeating: 0, count: width * height * 3)
+    guard width * height <= maximumDecodedPixels else {
+      throw DataError.image(
+        key: key, message: "\(header.width)x\(header.height) is over the \(maximumDecodedPixels)-pixel decoding limit")
+    }
     var outWidth: Int32 = 0
     var outHeight: Int32 = 0
     var text = [CChar](repeating: 0, count: 256)
-    let status = data.withUnsafeBufferPointer { bytes in
-      pixels.withUnsafeMutableBufferPointer { out in
+    var status: Int32 = 0
+    // Every byte is written by the decoder on success; on failure the array is discarded.
+    let pixels = [UInt8](unsafeUninitializedCapacity: width * height * 3) { out, initialized in
+      status = data.withUnsafeBufferPointer { bytes in
         pivot_jpeg_decode_rgb(
           bytes.baseAddress, bytes.count, Int32(scaleDenominator), out.baseAddress, out.count,
           &outWidth, &outHeight, &text, text.count)
       }
+      initialized = status == 0 ? width * height * 3 : 0
     }
     guard status == 0 else { throw DataError.image(key: key, message: message(text)) }
     guard Int(outWidth) == width, Int(outHeight) == height else {

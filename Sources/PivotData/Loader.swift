@@ -33,21 +33,70 @@ public struct DatasetConfig: Codable, Sendable {
   }
 }
 
-/// A counter shared by decode threads.
-final class SharedCounter: @unchecked Sendable {
-  private let lock = NSLock()
-  private var value = 0
-  func next() -> Int {
-    lock.lock()
-    defer { lock.unlock() }
-    value += 1
-    return value - 1
-  }
-}
+/// Decode + tokenise workers: samples go in with a sequence number, results come out by number,
+/// so decoding runs ahead of (and alongside) reading, and the order of batches never depends on
+/// which thread finished first.
+final class DecodePool: @unchecked Sendable {
+  private let condition = NSCondition()
+  private var jobs: [(id: Int, sample: ShardSample)] = []
+  private var jobHead = 0
+  private var results: [Int: Result<PreparedSample, Error>] = [:]
+  private var stopped = false
 
-/// An unchecked box for handing disjoint slots of a buffer to worker threads.
-struct UnsafeSlots<Element>: @unchecked Sendable {
-  let base: UnsafeMutablePointer<Element>
+  init(decoder: SampleDecoder, threads: Int) {
+    for index in 0..<max(1, threads) {
+      let thread = Thread { [self] in work(decoder) }
+      thread.name = "pivot-data-decode-\(index)"
+      thread.start()
+    }
+  }
+
+  private func work(_ decoder: SampleDecoder) {
+    while true {
+      condition.lock()
+      while jobHead == jobs.count && !stopped { condition.wait() }
+      if stopped {
+        condition.unlock()
+        return
+      }
+      let job = jobs[jobHead]
+      jobHead += 1
+      // Taken jobs still hold their raw sample: drop them often.
+      if jobHead == jobs.count || jobHead >= 16 {
+        jobs.removeFirst(jobHead)
+        jobHead = 0
+      }
+      condition.unlock()
+      let result = Result { try decoder.prepare(job.sample) }
+      condition.lock()
+      results[job.id] = result
+      condition.broadcast()
+      condition.unlock()
+    }
+  }
+
+  func submit(id: Int, sample: ShardSample) {
+    condition.lock()
+    jobs.append((id, sample))
+    condition.signal()
+    condition.unlock()
+  }
+
+  /// Waits for the result of job `id` and removes it.
+  func take(id: Int) -> Result<PreparedSample, Error> {
+    condition.lock()
+    defer { condition.unlock() }
+    while results[id] == nil { condition.wait() }
+    return results.removeValue(forKey: id)!
+  }
+
+  /// Lets the workers exit once they finish the job in hand.
+  func stop() {
+    condition.lock()
+    stopped = true
+    condition.broadcast()
+    condition.unlock()
+  }
 }
 
 /// The pipeline, run on the calling thread: shard list → shard order → samples → window shuffle
@@ -58,13 +107,18 @@ public final class DataLoader: @unchecked Sendable {
   public let health: DataHealth
   private let mixer: SampleMixer
   private let decoder: SampleDecoder
-  private var carry: [(result: Result<PreparedSample, Error>, item: SourcedItem, cursorAfter: DataCursor)] = []
-  private var carryIndex = 0
+  private let pool: DecodePool
+  /// Items read and handed to the pool, oldest first, with the position after each.
+  private var pending: [(id: Int, item: SourcedItem, cursorAfter: DataCursor)] = []
+  private var pendingHead = 0
+  private var nextJob = 0
   private var ended = false
   /// Bad items since the last good one: a bound that stops a pass over only-bad data from
   /// spinning forever even when `maxBadFraction` allows everything.
   private var consecutiveBad = 0
   private var consecutiveBadLimit: Int { max(10_000, 10 * config.batchSize) }
+  /// How far reading runs ahead of batching (each in-flight sample holds its decoded pixels).
+  private var readAhead: Int { 4 * max(1, config.decodeThreads) }
 
   public init(
     config: DatasetConfig, encoder: any SampleEncoder, resumeFrom cursor: DataCursor? = nil,
@@ -91,56 +145,31 @@ public final class DataLoader: @unchecked Sendable {
         epochs: config.epochs, health: health, cursor: cursor?.sources[index])
     }
     mixer = SampleMixer(sources: streams, seed: config.seed, draws: cursor?.draws ?? 0)
-    decoder = SampleDecoder(
+    self.cursor = mixer.cursor
+    let decoder = SampleDecoder(
       kind: config.kind, encoder: encoder, image: config.image, maxLength: config.maxLength, fields: config.fields,
       requireImage: config.requireImage)
+    self.decoder = decoder
+    pool = DecodePool(decoder: decoder, threads: config.decodeThreads)
   }
 
-  /// Where reading stands now (after the last batch returned).
-  public private(set) lazy var cursor: DataCursor = mixer.cursor
+  deinit { pool.stop() }
 
-  /// Pulls up to `count` items and decodes them in parallel, keeping their order.
-  private func refill(count: Int) throws {
-    var items: [(SourcedItem, DataCursor)] = []
-    while items.count < count, let item = try mixer.next() { items.append((item, mixer.cursor)) }
-    if items.isEmpty {
-      ended = true
-      return
-    }
-    var results = [Result<PreparedSample, Error>?](repeating: nil, count: items.count)
-    let decoder = self.decoder
-    let samples: [ShardSample?] = items.map {
-      if case .sample(let sample) = $0.0.item { return sample }
-      return nil
-    }
-    let threads = max(1, min(config.decodeThreads, items.count))
-    // Work is handed out one sample at a time, so a thread that the OS pauses does not hold
-    // back a fixed share of the chunk.
-    let nextIndex = SharedCounter()
-    results.withUnsafeMutableBufferPointer { buffer in
-      let slots = UnsafeSlots(base: buffer.baseAddress!)
-      let work: @Sendable (Int) -> Void = { _ in
-        while true {
-          let index = nextIndex.next()
-          if index >= samples.count { break }
-          if let sample = samples[index] {
-            slots.base[index] = Result { try decoder.prepare(sample) }
-          }
-        }
+  /// The position after the last batch returned (reading itself runs further ahead).
+  public private(set) var cursor: DataCursor
+
+  /// Reads items until `readAhead` are in flight, handing samples to the decode pool.
+  private func readAheadItems() throws {
+    while !ended && pending.count - pendingHead < readAhead {
+      guard let item = try mixer.next() else {
+        ended = true
+        break
       }
-      if threads == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: threads, execute: work) }
+      let id = nextJob
+      nextJob += 1
+      if case .sample(let sample) = item.item { pool.submit(id: id, sample: sample) }
+      pending.append((id, item, mixer.cursor))
     }
-    carry = zip(items, results).map { pair in
-      let (item, cursorAfter) = pair.0
-      let result: Result<PreparedSample, Error>
-      if case .bad(_, let message) = item.item {
-        result = .failure(SampleDecoder.Problem(message: message))
-      } else {
-        result = pair.1!
-      }
-      return (result, item, cursorAfter)
-    }
-    carryIndex = 0
   }
 
   /// The next batch, or nil when a finite number of epochs is done.
@@ -148,15 +177,23 @@ public final class DataLoader: @unchecked Sendable {
     var collected: [PreparedSample] = []
     var lastCursor = cursor
     while collected.count < config.batchSize {
-      if carryIndex == carry.count {
-        if ended { break }
-        try refill(count: config.batchSize - collected.count)
-        if ended { break }
+      try readAheadItems()
+      if pendingHead == pending.count { break }
+      let entry = pending[pendingHead]
+      pendingHead += 1
+      // Consumed entries still hold their raw sample: drop them often.
+      if pendingHead >= 16 {
+        pending.removeFirst(pendingHead)
+        pendingHead = 0
       }
-      let entry = carry[carryIndex]
-      carryIndex += 1
       lastCursor = entry.cursorAfter
-      switch entry.result {
+      let result: Result<PreparedSample, Error>
+      if case .bad(_, let message) = entry.item.item {
+        result = .failure(SampleDecoder.Problem(message: message))
+      } else {
+        result = pool.take(id: entry.id)
+      }
+      switch result {
       case .success(let prepared):
         health.good()
         consecutiveBad = 0

@@ -2,6 +2,8 @@ import Foundation
 
 #if canImport(Glibc)
   import Glibc
+#elseif canImport(Darwin)
+  import Darwin
 #endif
 
 /// A one-line progress bar on stderr: redrawn with `\r` when stderr is a terminal, plain

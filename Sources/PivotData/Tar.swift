@@ -77,8 +77,15 @@ public final class TarReader {
   }
 
   private func readBody(size: Int, headerOffset: Int64) throws -> [UInt8] {
-    var data = [UInt8](repeating: 0, count: size)
-    let count = try data.withUnsafeMutableBytes { try read(into: $0) }
+    var count = 0
+    // Size 0 would hand out the shared empty-array storage, which must not be written to.
+    let data =
+      size == 0
+      ? []
+      : try [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+        count = try read(into: UnsafeMutableRawBufferPointer(buffer))
+        initialized = count
+      }
     if count < size {
       throw DataError.truncated(
         path: path, message: "member at byte \(headerOffset) needs \(size) bytes, found \(count)")

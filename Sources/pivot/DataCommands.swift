@@ -52,14 +52,21 @@ extension Shards {
       guard (captions == nil) != (llava == nil) else {
         throw ValidationError("give exactly one of --captions or --llava")
       }
+      guard !keysFromIds || llava != nil else {
+        throw ValidationError("--keys-from-ids applies to --llava input")
+      }
       guard output.out.contains("%") else {
         throw ValidationError("--out needs a number field, e.g. pairs-%06d.tar.zst")
       }
     }
 
+    @Flag(help: "Use each LLaVA record's `id` as the sample key ('.' becomes '_': webdataset cuts keys at a dot).")
+    var keysFromIds = false
+
     struct Entry {
       var image: String?
       var fields: [SampleField]
+      var id: String? = nil
     }
 
     func readEntries() throws -> [Entry] {
@@ -101,7 +108,9 @@ extension Shards {
           throw ValidationError("\(path): record \(index) has no 'conversations' list")
         }
         let json = try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys, .withoutEscapingSlashes])
-        return Entry(image: record["image"] as? String, fields: [SampleField(name: "json", data: [UInt8](json))])
+        let id = (record["id"] as? String) ?? (record["id"] as? Int).map { String($0) }
+        return Entry(
+          image: record["image"] as? String, fields: [SampleField(name: "json", data: [UInt8](json))], id: id)
       }
     }
 
@@ -111,8 +120,20 @@ extension Shards {
         pattern: output.out, maxSamples: output.maxSamples, maxBytes: output.maxBytes, compressionLevel: output.level)
       let bar = ProgressBar(label: "pack", total: entries.count, unit: "samples")
       var skipped: [String] = []
+      var usedKeys = Set<String>()
       for (index, entry) in entries.enumerated() {
-        let key = String(format: "%09d", index)
+        var key = String(format: "%09d", index)
+        if keysFromIds {
+          guard let id = entry.id, !id.isEmpty else {
+            skipped.append("record \(index): no 'id' to use as the key")
+            continue
+          }
+          key = id.replacingOccurrences(of: ".", with: "_")
+          guard usedKeys.insert(key).inserted else {
+            skipped.append("record \(index): key '\(key)' repeats an earlier record's")
+            continue
+          }
+        }
         var fields: [SampleField] = []
         if let image = entry.image {
           let path = (images as NSString).appendingPathComponent(image)
@@ -329,6 +350,10 @@ struct BenchData: ParsableCommand {
       let pythonRate = reference["images_per_second"] as? Double, let rate = result["images_per_second"]
     {
       print(String(format: "pivot / python: %.2fx images/s", rate / pythonRate))
+      if let pythonPerCPU = reference["images_per_cpu_second"] as? Double, let perCPU = result["images_per_cpu_second"]
+      {
+        print(String(format: "pivot / python: %.2fx images per CPU-second", perCPU / pythonPerCPU))
+      }
     }
   }
 }

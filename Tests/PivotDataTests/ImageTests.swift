@@ -117,3 +117,18 @@ import Testing
     #expect(pixels[2 * 8] != padValue)
   }
 }
+
+@Suite struct ImageLimitTests {
+  /// A header that claims a huge image is refused before any allocation.
+  @Test func hugeClaimedDimensionsAreRefused() throws {
+    var data = testJPEG(width: 16, height: 16)
+    // Find the SOF0 marker (FF C0) and write 60000 × 60000 into it.
+    let sof = try #require((0..<(data.count - 9)).first { data[$0] == 0xFF && data[$0 + 1] == 0xC0 })
+    data[sof + 5] = 0xEA
+    data[sof + 6] = 0x60
+    data[sof + 7] = 0xEA
+    data[sof + 8] = 0x60
+    #expect(throws: DataError.self) { try JPEG.decode(data) }
+    #expect((try? JPEG.header(data))?.width == 60000)
+  }
+}

@@ -239,15 +239,16 @@ import Testing
   @Test func llavaShardFeedsTheConversationLoader() throws {
     var config = DatasetConfig(
       sources: [DataSourceSpec(name: "llava", shards: [Fixtures.path("interop/pivot-llava-000000.tar.zst")])],
-      kind: .conversation, batchSize: 3, maxLength: 256)
+      kind: .conversation, batchSize: 4, maxLength: 256)
     config.image = ImagePreprocessing.clip(size: 8)
     config.shuffle = false
     config.epochs = 1
     config.requireImage = false
     let loader = try DataLoader(config: config, encoder: ByteEncoder(), log: { _ in })
     let batch = try #require(try loader.nextBatch())
-    #expect(batch.keys == ["000000000", "000000001", "000000002"])
-    #expect(batch.hasImage == [true, true, false])
+    let longKey = "long-id-longer-than-a-ustar-name-field-" + String(repeating: "x", count: 76)
+    #expect(batch.keys == ["a-1", "b_2", "t-3", longKey])
+    #expect(batch.hasImage == [true, true, false, true])
     #expect(batch.imageSlots[2] == nil)
     #expect(batch.stats.badSamples == 0)
     let encoder = ByteEncoder()
