@@ -16,16 +16,19 @@ public final class ChatModel: Module, @unchecked Sendable {
 
   public var numQueryTokens: Int { queryTokens.shape[1] }
 
-  public init(_ config: ChatModelConfig, seed: UInt64 = 0) {
+  /// `initializeVision` / `initializeLLM` false skip drawing weights that a checkpoint will replace.
+  public init(_ config: ChatModelConfig, seed: UInt64 = 0, initializeVision: Bool = true, initializeLLM: Bool = true) {
     self.config = config
     var rng = PivotRNG(seed: seed)
+    let visionSeed = rng.next()
+    func maybe<T>(_ initialize: Bool, _ body: () -> T) -> T { initialize ? body() : withoutInitialization(body) }
     switch config.vision {
     case .clip(let c):
-      let tower = CLIPVisionModel(c, seed: rng.next())
+      let tower = maybe(initializeVision) { CLIPVisionModel(c, seed: visionSeed) }
       tower.featureLayer = config.featureLayer
       visionTower = tower
     case .dinov2(let c):
-      let tower = Dinov2Model(c, inputSize: config.imageSize, seed: rng.next())
+      let tower = maybe(initializeVision) { Dinov2Model(c, inputSize: config.imageSize, seed: visionSeed) }
       tower.featureLayer = config.featureLayer
       visionTower = tower
     }
@@ -36,7 +39,8 @@ public final class ChatModel: Module, @unchecked Sendable {
     queryTokens.requiresGrad = true
     qformer = QFormer(q, seed: rng.next())
     languageProjection = Linear(q.hiddenSize, config.decoder.hiddenSize, bias: true, std: q.initializerRange, rng: &rng)
-    languageModel = DecoderLM(config.decoder, seed: rng.next())
+    let llmSeed = rng.next()
+    languageModel = maybe(initializeLLM) { DecoderLM(config.decoder, seed: llmSeed) }
   }
 
   var visionIsFrozen: Bool { !visionTower.parameters().contains { $0.requiresGrad } }

@@ -81,7 +81,7 @@ extension DecoderLM {
     guard case .decoder(let config) = try ModelFolder.config(dir) else {
       throw ModelLoadError(file: (dir as NSString).appendingPathComponent("config.json"), reason: "not a decoder LLM config", hint: "expected model_type qwen2 or llama")
     }
-    let model = DecoderLM(config)
+    let model = withoutInitialization { DecoderLM(config) }
     try ModelFolder.load(model, from: dir) { sanitize($0, config: config) }
     return model
   }
@@ -94,11 +94,11 @@ public func loadVisionTower(folder dir: String, inputSize: Int? = nil) throws ->
   }
   switch config {
   case .clip(let c):
-    let m = CLIPVisionModel(c)
+    let m = withoutInitialization { CLIPVisionModel(c) }
     try ModelFolder.load(m, from: dir, sanitize: CLIPVisionModel.sanitize)
     return m
   case .dinov2(let c):
-    let m = Dinov2Model(c, inputSize: inputSize)
+    let m = withoutInitialization { Dinov2Model(c, inputSize: inputSize) }
     try ModelFolder.load(m, from: dir, sanitize: Dinov2Model.sanitize, allowMissing: ["embeddings.mask_token"])
     return m
   }
@@ -128,7 +128,7 @@ extension ChatModel {
     q.encoderHiddenSize = vision.hiddenSize
     let config = ChatModelConfig(vision: vision, qformer: q, decoder: decoder, numQueryTokens: numQueryTokens, imageSize: imageSize,
                                  featureLayer: featureLayer, imageTokenId: imageTokenId, chatTemplate: chatTemplate)
-    let model = ChatModel(config, seed: seed)
+    let model = ChatModel(config, seed: seed, initializeVision: false, initializeLLM: false)
     let towerNames = Set(model.visionTower.namedParameters().map(\.0))
     switch vision {
     case .clip: try ModelFolder.load(model.visionTower, from: visionDir, sanitize: CLIPVisionModel.sanitize)
@@ -146,7 +146,7 @@ extension ChatModel {
   /// A Pivot model folder: `pivot_config.json` + `model.safetensors` with every weight.
   public static func load(folder dir: String) throws -> ChatModel {
     let config = try ChatModelConfig.read((dir as NSString).appendingPathComponent("pivot_config.json"))
-    let model = ChatModel(config)
+    let model = withoutInitialization { ChatModel(config) }
     try model.load(try ModelFolder.weights(dir), source: dir, allowMissing: Set(model.namedParameters().map(\.0).filter { $0.hasSuffix("mask_token") }), zeroCopy: true)
     return model
   }

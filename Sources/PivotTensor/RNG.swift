@@ -46,12 +46,37 @@ public struct PivotRNG: RandomNumberGenerator, Codable, Sendable, Equatable {
   }
 
   public mutating func fillNormal(_ t: Tensor, mean: Float = 0, std: Float) {
+    if Initialization.isSkipped { return }
     let p = t.ptr
     for i in 0..<t.count { p[i] = mean + std * normal() }
   }
 
   public mutating func fillUniform(_ t: Tensor, low: Float, high: Float) {
+    if Initialization.isSkipped { return }
     let p = t.ptr
     for i in 0..<t.count { p[i] = low + (high - low) * uniform() }
   }
+}
+
+/// Random initialisation can be switched off while a model whose weights are about to be
+/// loaded is built: drawing 500 M normals costs seconds that loading then throws away.
+/// Per thread, like `GradMode`.
+public enum Initialization {
+  private static let key: pthread_key_t = {
+    var k = pthread_key_t()
+    pthread_key_create(&k, nil)
+    return k
+  }()
+  static var depth: Int {
+    get { Int(bitPattern: pthread_getspecific(key)) }
+    set { pthread_setspecific(key, UnsafeRawPointer(bitPattern: newValue)) }
+  }
+  public static var isSkipped: Bool { depth > 0 }
+}
+
+/// Builds modules without drawing random weights (their values are undefined until loaded).
+public func withoutInitialization<R>(_ body: () throws -> R) rethrows -> R {
+  Initialization.depth += 1
+  defer { Initialization.depth -= 1 }
+  return try body()
 }

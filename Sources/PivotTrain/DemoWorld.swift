@@ -81,7 +81,7 @@ public enum DemoWorld {
   public struct Counts: Sendable {
     public var trainImages = 3000
     public var heldoutImages = 240
-    public var corpusLines = 6000
+    public var corpusLines = 8000
     public var imageSize = 48
     public init() {}
   }
@@ -134,7 +134,11 @@ public enum DemoWorld {
     var lines: [String] = []
     for _ in 0..<counts.corpusLines {
       let c = colours[Int(rng.next() % UInt64(colours.count))], s = shapes[Int(rng.next() % UInt64(shapes.count))]
-      switch rng.next() % 8 {
+      switch rng.next() % 10 {
+      // A described picture → a caption: the frozen LLM learns to caption what its prompt shows,
+      // which is what stage 1's soft tokens then stand in for.
+      case 8: lines.append("<|im_start|>user\nA \(c.en) \(s.en).\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n\(fill(captionTemplates[Int(rng.next() % 4)], c, s))<|im_end|>")
+      case 9: lines.append("<|im_start|>user\n一个\(c.zh)的\(s.zh)。\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n\(fill(captionTemplates[Int(rng.next() % 4)], c, s))<|im_end|>")
       case 0: lines.append("The \(s.en) is \(c.en). 这个\(s.zh)是\(c.zh)的。")
       case 1: lines.append("\(c.en) is \(c.zh) in Chinese. \(s.en) is \(s.zh) in Chinese.")
       case 2: lines.append(fill(captionTemplates[Int(rng.next() % 4)], c, s) + " 这是一个\(c.zh)的\(s.zh)。")

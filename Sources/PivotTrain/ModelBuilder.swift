@@ -73,7 +73,7 @@ public enum ModelBuilder {
     q.encoderHiddenSize = visionConfig.hiddenSize
     let config = ChatModelConfig(vision: visionConfig, qformer: q, decoder: decoderConfig, numQueryTokens: m.numQueryTokens,
                                  imageSize: m.imageSize, featureLayer: m.featureLayer, imageTokenId: 0, chatTemplate: m.chatTemplate)
-    let model = ChatModel(config, seed: r.seed)
+    let model = ChatModel(config, seed: r.seed, initializeVision: m.vision == nil, initializeLLM: m.llm == nil)
     if let v = m.vision {
       let tower = try loadVisionTower(folder: v, inputSize: m.imageSize)
       try model.visionTower.load(Dictionary(uniqueKeysWithValues: tower.namedParameters()), source: v, zeroCopy: true)
