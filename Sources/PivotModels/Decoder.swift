@@ -89,6 +89,20 @@ public final class DecoderLM: Module, @unchecked Sendable {
   }
 
   public var headWeight: Tensor { lmHead?.weight ?? model.embedTokens.weight }
+  /// The LM head's weight in bfloat16, when `storeFrozenWeightsInBF16` made one.
+  public private(set) var headBF16: BF16Matrix?
+
+  /// Keeps a bfloat16 copy of every frozen Linear weight of the decoder and of a frozen LM head,
+  /// and computes with it (inference, or the frozen LLM of stage 1). Trainable layers stay float32.
+  public func storeFrozenWeightsInBF16() {
+    for layer in model.layers {
+      let a = layer.selfAttn, m = layer.mlp
+      for l in [a.qProj, a.kProj, a.vProj, a.oProj, m.gateProj, m.upProj, m.downProj] where !l.weight.requiresGrad {
+        l.storeWeightInBF16()
+      }
+    }
+    if !headWeight.requiresGrad { headBF16 = BF16Matrix(headWeight) }
+  }
 
   public func embed(_ ids: [Int32], shape: [Int]) -> Tensor { model.embedTokens(ids, shape: shape) }
 
@@ -122,7 +136,10 @@ public final class DecoderLM: Module, @unchecked Sendable {
   }
 
   /// Final norm and LM head on rows (N, C) → logits (N, V).
-  public func logits(_ hidden: Tensor) -> Tensor { linear(model.norm(hidden), headWeight) }
+  public func logits(_ hidden: Tensor) -> Tensor {
+    if let headBF16 { return linear(model.norm(hidden), headBF16) }
+    return linear(model.norm(hidden), headWeight)
+  }
 
   /// HF's causal-LM loss over hidden (B, T, C) and unshifted labels (B·T, −100 = ignore):
   /// position t predicts labels[t + 1]. The head runs only on rows whose target counts.

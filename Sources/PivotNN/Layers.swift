@@ -13,7 +13,20 @@ public final class Linear: Module, @unchecked Sendable {
     self.bias = bias ? Tensor.zeros([outFeatures], requiresGrad: true) : nil
   }
 
-  public func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight, bias) }
+  /// The weight rounded to bfloat16, used instead of `weight` when present (frozen layers only).
+  public private(set) var weightBF16: BF16Matrix?
+
+  /// Computes with a bfloat16 copy of the (frozen) weight from now on: half the bytes per product.
+  /// `weight` keeps its float32 values for export.
+  public func storeWeightInBF16() {
+    precondition(!weight.requiresGrad, "bfloat16 storage is for frozen weights; freeze the layer first")
+    weightBF16 = BF16Matrix(weight)
+  }
+
+  public func callAsFunction(_ x: Tensor) -> Tensor {
+    if let w = weightBF16 { return linear(x, w, bias) }
+    return linear(x, weight, bias)
+  }
 }
 
 public final class Embedding: Module, @unchecked Sendable {

@@ -106,7 +106,7 @@ public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, causal: Bool, keyMa
   let probs = Tensor(empty: [b, nh, t, s])  // (B, NH, T, S)
   Kernels.attentionForward(out: out.ptr, probs: probs.ptr, q: q.ptr, k: k.ptr, v: v.ptr, keyMask: keyMask?.ptr, shape: shape)
   return out.record([q, k, v]) { _, g in
-    let scratch = Tensor(empty: [t, s])
+    let scratch = Tensor(empty: [b, nkv, t, s])  // one (T, S) block per worker unit
     Kernels.attentionBackward(
       dq: q.requiresGrad ? q.gradPointer() : nil, dk: k.requiresGrad ? k.gradPointer() : nil,
       dv: v.requiresGrad ? v.gradPointer() : nil, scratch: scratch.ptr, dout: g, probs: probs.ptr,
