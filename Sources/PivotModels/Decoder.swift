@@ -113,12 +113,13 @@ public final class DecoderLM: Module, @unchecked Sendable {
     let c = config, hs = c.resolvedHeadDim
     let start = cache?.length ?? 0
     let pos = positions ?? Array(start..<(start + t))
+    let table = RopeTable(positions: pos, headSize: hs, theta: c.ropeTheta)
     var h = x
     for (i, layer) in model.layers.enumerated() {
       let a = layer.selfAttn
       let y = layer.inputLayernorm(h)
-      let q = rope(reshape(a.qProj(y), [b, t, c.numAttentionHeads, hs]), positions: pos, theta: c.ropeTheta)
-      let k = rope(reshape(a.kProj(y), [b, t, c.numKeyValueHeads, hs]), positions: pos, theta: c.ropeTheta)
+      let q = rope(reshape(a.qProj(y), [b, t, c.numAttentionHeads, hs]), table: table)
+      let k = rope(reshape(a.kProj(y), [b, t, c.numKeyValueHeads, hs]), table: table)
       let v = reshape(a.vProj(y), [b, t, c.numKeyValueHeads, hs])
       let attn: Tensor
       if let cache {
@@ -129,7 +130,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
       }
       h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
       let z = layer.postAttentionLayernorm(h)
-      h = h + layer.mlp.downProj(silu(layer.mlp.gateProj(z)) * layer.mlp.upProj(z))
+      h = h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
     }
     cache?.length = start + t
     return h

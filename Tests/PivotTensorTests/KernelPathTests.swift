@@ -63,6 +63,26 @@ struct KernelPathTests {
     }
   }
 
+  /// The fused SwiGLU against silu(gate) * up: values and both gradients.
+  @Test func swigluMatchesComposite() {
+    let gate = Self.random([3, 70000], seed: 20)  // more than one parallel chunk
+    let up = Self.random([3, 70000], seed: 21)
+    for x in [gate, up] { x.ptr[0] = 30; x.ptr[1] = -30 }  // saturated sigmoid on both sides
+    let seed = Self.random([3, 70000], seed: 22)
+    func run(_ f: (Tensor, Tensor) -> Tensor) -> [Tensor] {
+      for x in [gate, up] { x.grad = nil; x.requiresGrad = true }
+      let y = f(gate, up)
+      y.backward(seed: seed)
+      return [y.detached(), gate.grad!.clone(), up.grad!.clone()]
+    }
+    let fused = run { swiglu(gate: $0, up: $1) }
+    let composite = run { silu($0) * $1 }
+    for (i, name) in ["out", "dgate", "dup"].enumerated() {
+      let (ok, d) = compare(fused[i], composite[i], atol: 1e-6, rtol: 1e-5)
+      #expect(ok, "\(name): max diff \(d)")
+    }
+  }
+
   @Test func linearLayerUsesItsBF16Copy() {
     var rng = PivotRNG(seed: 8)
     let layer = Linear(40, 24, bias: true, rng: &rng)
