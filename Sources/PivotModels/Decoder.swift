@@ -64,6 +64,9 @@ public final class DecoderLM: Module, @unchecked Sendable {
       inputLayernorm = RMSNorm(c.hiddenSize, eps: c.rmsNormEps)
       postAttentionLayernorm = RMSNorm(c.hiddenSize, eps: c.rmsNormEps)
     }
+    /// q/k/v and gate/up as single products, once `stackFrozenProjections` made them.
+    var qkv: StackedLinear?
+    var gateUp: StackedLinear?
   }
   public final class Body: Module, @unchecked Sendable {
     public let embedTokens: Embedding
@@ -104,6 +107,17 @@ public final class DecoderLM: Module, @unchecked Sendable {
     if !headWeight.requiresGrad { headBF16 = BF16Matrix(headWeight) }
   }
 
+  /// Stacks each frozen layer's q, k, v and gate, up projections into one product each (no extra
+  /// memory: the weights become views of the stacked buffer), used when no gradient is recorded.
+  /// Call after `storeFrozenWeightsInBF16` when both are wanted.
+  public func stackFrozenProjections() {
+    for layer in model.layers {
+      let a = layer.selfAttn, m = layer.mlp
+      layer.qkv = StackedLinear([a.qProj, a.kProj, a.vProj])
+      layer.gateUp = StackedLinear([m.gateProj, m.upProj])
+    }
+  }
+
   public func embed(_ ids: [Int32], shape: [Int]) -> Tensor { model.embedTokens(ids, shape: shape) }
 
   /// Hidden states (B, T, C) before the final norm. Positions default to 0..<T, or continue
@@ -118,9 +132,11 @@ public final class DecoderLM: Module, @unchecked Sendable {
     for (i, layer) in model.layers.enumerated() {
       let a = layer.selfAttn
       let y = layer.inputLayernorm(h)
-      let q = rope(reshape(a.qProj(y), [b, t, c.numAttentionHeads, hs]), table: table)
-      let k = rope(reshape(a.kProj(y), [b, t, c.numKeyValueHeads, hs]), table: table)
-      let v = reshape(a.vProj(y), [b, t, c.numKeyValueHeads, hs])
+      let stacked = GradMode.isEnabled ? nil : layer.qkv?(y)
+      let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
+      let q = rope(reshape(qLin, [b, t, c.numAttentionHeads, hs]), table: table)
+      let k = rope(reshape(kLin, [b, t, c.numKeyValueHeads, hs]), table: table)
+      let v = reshape(vLin, [b, t, c.numKeyValueHeads, hs])
       let attn: Tensor
       if let cache {
         cache.append(layer: i, k: k, v: v)
@@ -130,7 +146,11 @@ public final class DecoderLM: Module, @unchecked Sendable {
       }
       h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
       let z = layer.postAttentionLayernorm(h)
-      h = h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
+      if !GradMode.isEnabled, let gateUp = layer.gateUp?(z) {
+        h = h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
+      } else {
+        h = h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
+      }
     }
     cache?.length = start + t
     return h

@@ -178,6 +178,7 @@ struct ModelBench {
     let s = try build(batch: 1)
     try s.model.freeze()
     if dtype == "bf16" { s.model.languageModel.storeFrozenWeightsInBF16() }
+    s.model.languageModel.stackFrozenProjections()
     BufferPool.shared.drain()
     return s
   }
