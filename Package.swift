@@ -3,6 +3,13 @@ import PackageDescription
 
 // Release-grade numerics even in debug test builds: the kernels are tight loops.
 let fast: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"])]
+// The tensor kernels also assume AVX2 + FMA (x86-64-v3, every machine Pivot trains on): without it
+// Swift's SIMD8<Float>.addProduct becomes eight calls to fmaf and the BF16 GEMV loses its point.
+#if arch(x86_64)
+let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-target-cpu", "haswell"])]
+#else
+let kernels = fast
+#endif
 
 let package = Package(
   name: "Pivot",
@@ -21,7 +28,7 @@ let package = Package(
     .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
     .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
     .target(name: "CJPEGShim", dependencies: ["CJPEG"], cSettings: [.unsafeFlags(["-O2"])]),
-    .target(name: "PivotTensor", dependencies: ["COpenBLAS"], swiftSettings: fast),
+    .target(name: "PivotTensor", dependencies: ["COpenBLAS"], swiftSettings: kernels),
     .target(name: "PivotText", swiftSettings: fast),
     .target(name: "PivotData", dependencies: ["CZstd", "CJPEG", "CJPEGShim"], swiftSettings: fast),
     .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: fast),

@@ -49,6 +49,12 @@ public final class ChatModel: Module, @unchecked Sendable {
   public func imageTokens(_ pixels: Tensor) -> Tensor {
     let b = pixels.shape[0]
     let features = visionIsFrozen ? noGrad { visionTower.features(pixels) } : visionTower.features(pixels)
+    return softTokens(imageFeatures: features)
+  }
+
+  /// Soft tokens (B, Q, D) from vision features (B, S, Dv): Q-Former over the learned queries, then the projection.
+  public func softTokens(imageFeatures features: Tensor) -> Tensor {
+    let b = features.shape[0]
     let queries = b == 1 ? queryTokens : concat(Array(repeating: queryTokens, count: b), axis: 0)
     return languageProjection(qformer(queries, imageFeatures: features))
   }

@@ -38,7 +38,7 @@ struct ConfigReader {
   }
 }
 
-func readJSONObject(_ path: String) throws -> [String: Any] {
+public func readJSONObject(_ path: String) throws -> [String: Any] {
   guard let data = FileManager.default.contents(atPath: path) else {
     throw ModelLoadError(file: path, reason: "cannot read the file", hint: "a model folder needs config.json")
   }

@@ -64,6 +64,9 @@ public final class DecoderLM: Module, @unchecked Sendable {
       inputLayernorm = RMSNorm(c.hiddenSize, eps: c.rmsNormEps)
       postAttentionLayernorm = RMSNorm(c.hiddenSize, eps: c.rmsNormEps)
     }
+    /// q/k/v and gate/up as single products, once `stackFrozenProjections` made them.
+    var qkv: StackedLinear?
+    var gateUp: StackedLinear?
   }
   public final class Body: Module, @unchecked Sendable {
     public let embedTokens: Embedding
@@ -89,6 +92,31 @@ public final class DecoderLM: Module, @unchecked Sendable {
   }
 
   public var headWeight: Tensor { lmHead?.weight ?? model.embedTokens.weight }
+  /// The LM head's weight in bfloat16, when `storeFrozenWeightsInBF16` made one.
+  public private(set) var headBF16: BF16Matrix?
+
+  /// Keeps a bfloat16 copy of every frozen Linear weight of the decoder and of a frozen LM head,
+  /// and computes with it (inference, or the frozen LLM of stage 1). Trainable layers stay float32.
+  public func storeFrozenWeightsInBF16() {
+    for layer in model.layers {
+      let a = layer.selfAttn, m = layer.mlp
+      for l in [a.qProj, a.kProj, a.vProj, a.oProj, m.gateProj, m.upProj, m.downProj] where !l.weight.requiresGrad {
+        l.storeWeightInBF16()
+      }
+    }
+    if !headWeight.requiresGrad { headBF16 = BF16Matrix(headWeight) }
+  }
+
+  /// Stacks each frozen layer's q, k, v and gate, up projections into one product each (no extra
+  /// memory: the weights become views of the stacked buffer), used when no gradient is recorded.
+  /// Call after `storeFrozenWeightsInBF16` when both are wanted.
+  public func stackFrozenProjections() {
+    for layer in model.layers {
+      let a = layer.selfAttn, m = layer.mlp
+      layer.qkv = StackedLinear([a.qProj, a.kProj, a.vProj])
+      layer.gateUp = StackedLinear([m.gateProj, m.upProj])
+    }
+  }
 
   public func embed(_ ids: [Int32], shape: [Int]) -> Tensor { model.embedTokens(ids, shape: shape) }
 
@@ -99,13 +127,16 @@ public final class DecoderLM: Module, @unchecked Sendable {
     let c = config, hs = c.resolvedHeadDim
     let start = cache?.length ?? 0
     let pos = positions ?? Array(start..<(start + t))
+    let table = RopeTable(positions: pos, headSize: hs, theta: c.ropeTheta)
     var h = x
     for (i, layer) in model.layers.enumerated() {
       let a = layer.selfAttn
       let y = layer.inputLayernorm(h)
-      let q = rope(reshape(a.qProj(y), [b, t, c.numAttentionHeads, hs]), positions: pos, theta: c.ropeTheta)
-      let k = rope(reshape(a.kProj(y), [b, t, c.numKeyValueHeads, hs]), positions: pos, theta: c.ropeTheta)
-      let v = reshape(a.vProj(y), [b, t, c.numKeyValueHeads, hs])
+      let stacked = GradMode.isEnabled ? nil : layer.qkv?(y)
+      let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
+      let q = rope(reshape(qLin, [b, t, c.numAttentionHeads, hs]), table: table)
+      let k = rope(reshape(kLin, [b, t, c.numKeyValueHeads, hs]), table: table)
+      let v = reshape(vLin, [b, t, c.numKeyValueHeads, hs])
       let attn: Tensor
       if let cache {
         cache.append(layer: i, k: k, v: v)
@@ -115,14 +146,21 @@ public final class DecoderLM: Module, @unchecked Sendable {
       }
       h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
       let z = layer.postAttentionLayernorm(h)
-      h = h + layer.mlp.downProj(silu(layer.mlp.gateProj(z)) * layer.mlp.upProj(z))
+      if !GradMode.isEnabled, let gateUp = layer.gateUp?(z) {
+        h = h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
+      } else {
+        h = h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
+      }
     }
     cache?.length = start + t
     return h
   }
 
   /// Final norm and LM head on rows (N, C) → logits (N, V).
-  public func logits(_ hidden: Tensor) -> Tensor { linear(model.norm(hidden), headWeight) }
+  public func logits(_ hidden: Tensor) -> Tensor {
+    if let headBF16 { return linear(model.norm(hidden), headBF16) }
+    return linear(model.norm(hidden), headWeight)
+  }
 
   /// HF's causal-LM loss over hidden (B, T, C) and unshifted labels (B·T, −100 = ignore):
   /// position t predicts labels[t + 1]. The head runs only on rows whose target counts.

@@ -19,6 +19,8 @@ extension Kernels {
   }
 
   /// probs (B, NH, T, S) is kept for backward; keyMask (B, S) holds 1 for keys to attend, 0 to skip.
+  /// Heads run in parallel, each with single-threaded SGEMMs: a head's products (T × S × HS) are
+  /// too small for OpenBLAS's own threading to pay off.
   public static func attentionForward(
     out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
@@ -26,29 +28,34 @@ extension Kernels {
   ) {
     let group = d.nh / d.nkv
     let qStride = d.nh * d.hs, kvStride = d.nkv * d.hs
-    for bh in 0..<(d.b * d.nh) {
-      let b = bh / d.nh, h = bh % d.nh, g = h / group
-      let qb = q + b * d.t * qStride + h * d.hs
-      let kb = k + b * d.kvBatchStride + g * d.hs
-      let vb = v + b * d.kvBatchStride + g * d.hs
-      let p = probs + bh * d.t * d.s
-      sgemm(transA: false, transB: true, m: d.t, n: d.s, k: d.hs, alpha: d.scale,
-            a: qb, lda: qStride, b: kb, ldb: kvStride, beta: 0, c: p, ldc: d.s)
-      if d.causal || keyMask != nil {
-        let shift = d.s - d.t
-        for i in 0..<d.t {
-          let row = p + i * d.s
-          if d.causal { for j in max(0, i + shift + 1)..<d.s { row[j] = -.infinity } }
-          if let keyMask { for j in 0..<d.s where keyMask[b * d.s + j] == 0 { row[j] = -.infinity } }
+    let headCost = d.t * d.s * d.hs
+    parallelOverBLASCalls(d.b * d.nh, grain: max(1, 65536 / max(headCost, 1))) { heads in
+      for bh in heads {
+        let b = bh / d.nh, h = bh % d.nh, g = h / group
+        let qb = q + b * d.t * qStride + h * d.hs
+        let kb = k + b * d.kvBatchStride + g * d.hs
+        let vb = v + b * d.kvBatchStride + g * d.hs
+        let p = probs + bh * d.t * d.s
+        sgemm(transA: false, transB: true, m: d.t, n: d.s, k: d.hs, alpha: d.scale,
+              a: qb, lda: qStride, b: kb, ldb: kvStride, beta: 0, c: p, ldc: d.s)
+        if d.causal || keyMask != nil {
+          let shift = d.s - d.t
+          for i in 0..<d.t {
+            let row = p + i * d.s
+            if d.causal { for j in max(0, i + shift + 1)..<d.s { row[j] = -.infinity } }
+            if let keyMask { for j in 0..<d.s where keyMask[b * d.s + j] == 0 { row[j] = -.infinity } }
+          }
         }
+        softmaxRows(out: p, inp: p, rows: 0..<d.t, c: d.s)
+        sgemm(transA: false, transB: false, m: d.t, n: d.hs, k: d.s,
+              a: p, lda: d.s, b: vb, ldb: kvStride, beta: 0, c: out + b * d.t * qStride + h * d.hs, ldc: qStride)
       }
-      softmaxForward(out: p, inp: p, n: d.t, c: d.s)
-      sgemm(transA: false, transB: false, m: d.t, n: d.hs, k: d.s,
-            a: p, lda: d.s, b: vb, ldb: kvStride, beta: 0, c: out + b * d.t * qStride + h * d.hs, ldc: qStride)
     }
   }
 
-  /// Adds into dq, dk, dv (any may be nil). `scratch` holds T·S floats.
+  /// Adds into dq, dk, dv (any may be nil). `scratch` holds T·S floats per key/value head of
+  /// each batch row (B·NKV·T·S). Work is split by (batch row, key/value head): the query heads
+  /// of one group add into the same dk and dv rows, so they stay on one worker.
   public static func attentionBackward(
     dq: UnsafeMutablePointer<Float>?, dk: UnsafeMutablePointer<Float>?, dv: UnsafeMutablePointer<Float>?,
     scratch: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, probs: UnsafePointer<Float>,
@@ -56,33 +63,39 @@ extension Kernels {
   ) {
     let group = d.nh / d.nkv
     let qStride = d.nh * d.hs, kvStride = d.nkv * d.hs
-    for bh in 0..<(d.b * d.nh) {
-      let b = bh / d.nh, h = bh % d.nh, g = h / group
-      let qOff = b * d.t * qStride + h * d.hs
-      let kvOff = b * d.kvBatchStride + g * d.hs
-      let p = probs + bh * d.t * d.s
-      let go = dout + qOff
-      if let dv {
-        sgemm(transA: true, transB: false, m: d.s, n: d.hs, k: d.t,
-              a: p, lda: d.s, b: go, ldb: qStride, beta: 1, c: dv + kvOff, ldc: kvStride)
-      }
-      guard dq != nil || dk != nil else { continue }
-      let ds = scratch
-      sgemm(transA: false, transB: true, m: d.t, n: d.s, k: d.hs,
-            a: go, lda: qStride, b: v + kvOff, ldb: kvStride, beta: 0, c: ds, ldc: d.s)
-      for i in 0..<d.t {
-        let pr = p + i * d.s, dr = ds + i * d.s
-        var dot: Float = 0
-        for j in 0..<d.s { dot += pr[j] * dr[j] }
-        for j in 0..<d.s { dr[j] = pr[j] * (dr[j] - dot) }
-      }
-      if let dq {
-        sgemm(transA: false, transB: false, m: d.t, n: d.hs, k: d.s, alpha: d.scale,
-              a: ds, lda: d.s, b: k + kvOff, ldb: kvStride, beta: 1, c: dq + qOff, ldc: qStride)
-      }
-      if let dk {
-        sgemm(transA: true, transB: false, m: d.s, n: d.hs, k: d.t, alpha: d.scale,
-              a: ds, lda: d.s, b: q + qOff, ldb: qStride, beta: 1, c: dk + kvOff, ldc: kvStride)
+    let groupCost = group * d.t * d.s * d.hs
+    parallelOverBLASCalls(d.b * d.nkv, grain: max(1, 65536 / max(groupCost, 1))) { groups in
+      for bg in groups {
+        let b = bg / d.nkv, g = bg % d.nkv
+        let ds = scratch + bg * d.t * d.s  // (T, S)
+        for h in (g * group)..<((g + 1) * group) {
+          let bh = b * d.nh + h
+          let qOff = b * d.t * qStride + h * d.hs
+          let kvOff = b * d.kvBatchStride + g * d.hs
+          let p = probs + bh * d.t * d.s
+          let go = dout + qOff
+          if let dv {
+            sgemm(transA: true, transB: false, m: d.s, n: d.hs, k: d.t,
+                  a: p, lda: d.s, b: go, ldb: qStride, beta: 1, c: dv + kvOff, ldc: kvStride)
+          }
+          guard dq != nil || dk != nil else { continue }
+          sgemm(transA: false, transB: true, m: d.t, n: d.s, k: d.hs,
+                a: go, lda: qStride, b: v + kvOff, ldb: kvStride, beta: 0, c: ds, ldc: d.s)
+          for i in 0..<d.t {
+            let pr = p + i * d.s, dr = ds + i * d.s
+            var dot: Float = 0
+            for j in 0..<d.s { dot += pr[j] * dr[j] }
+            for j in 0..<d.s { dr[j] = pr[j] * (dr[j] - dot) }
+          }
+          if let dq {
+            sgemm(transA: false, transB: false, m: d.t, n: d.hs, k: d.s, alpha: d.scale,
+                  a: ds, lda: d.s, b: k + kvOff, ldb: kvStride, beta: 1, c: dq + qOff, ldc: qStride)
+          }
+          if let dk {
+            sgemm(transA: true, transB: false, m: d.s, n: d.hs, k: d.t, alpha: d.scale,
+                  a: ds, lda: d.s, b: q + qOff, ldb: qStride, beta: 1, c: dk + kvOff, ldc: kvStride)
+          }
+        }
       }
     }
   }

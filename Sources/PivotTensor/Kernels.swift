@@ -108,17 +108,21 @@ public enum Kernels {
   // MARK: Softmax over the last axis
 
   public static func softmaxForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, c: Int) {
-    parallelFor(n, grain: max(1, 4096 / max(c, 1))) { rows in
-      for r in rows {
-        let x = inp + r * c, o = out + r * c
-        var mx = -Float.infinity
-        for i in 0..<c { mx = max(mx, x[i]) }
-        if mx == -.infinity { o.update(repeating: 0, count: c); continue }  // fully masked row
-        var sum: Float = 0
-        for i in 0..<c { let e = expf(x[i] - mx); o[i] = e; sum += e }
-        let inv = 1 / sum
-        for i in 0..<c { o[i] *= inv }
-      }
+    parallelFor(n, grain: max(1, 4096 / max(c, 1))) { rows in softmaxRows(out: out, inp: inp, rows: rows, c: c) }
+  }
+
+  /// Softmax of the given rows on the calling thread (inside an already parallel loop).
+  @inline(__always)
+  static func softmaxRows(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows: Range<Int>, c: Int) {
+    for r in rows {
+      let x = inp + r * c, o = out + r * c
+      var mx = -Float.infinity
+      for i in 0..<c { mx = max(mx, x[i]) }
+      if mx == -.infinity { o.update(repeating: 0, count: c); continue }  // fully masked row
+      var sum: Float = 0
+      for i in 0..<c { let e = expf(x[i] - mx); o[i] = e; sum += e }
+      let inv = 1 / sum
+      for i in 0..<c { o[i] *= inv }
     }
   }
 

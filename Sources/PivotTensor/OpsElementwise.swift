@@ -175,6 +175,41 @@ public func silu(_ x: Tensor) -> Tensor {
   }
 }
 
+/// silu(gate) ⊙ up, the SwiGLU of LLaMA/Qwen2 MLPs, in one pass: no (N, I) silu output is
+/// stored for backward, which recomputes σ(gate) from the inputs it keeps anyway.
+public func swiglu(gate: Tensor, up: Tensor) -> Tensor {
+  precondition(gate.shape == up.shape, "swiglu: gate \(gate.shape), up \(up.shape)")
+  let out = Tensor(empty: gate.shape)
+  Kernels.swigluForward(out: out.ptr, gate: gate.ptr, up: up.ptr, n: gate.count)
+  return out.record([gate, up]) { _, g in
+    Kernels.swigluBackward(
+      dgate: gate.requiresGrad ? gate.gradPointer() : nil, dup: up.requiresGrad ? up.gradPointer() : nil,
+      dout: g, gate: gate.ptr, up: up.ptr, n: gate.count)
+  }
+}
+
+extension Kernels {
+  public static func swigluForward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int) {
+    parallelFor(n, grain: 8192) { r in
+      for i in r { let x = gate[i]; out[i] = x / (1 + expf(-x)) * up[i] }
+    }
+  }
+
+  /// dgate += dout · up · σ(g)(1 + g(1 − σ(g))), dup += dout · g σ(g).
+  public static func swigluBackward(
+    dgate: UnsafeMutablePointer<Float>?, dup: UnsafeMutablePointer<Float>?,
+    dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int
+  ) {
+    parallelFor(n, grain: 8192) { r in
+      for i in r {
+        let x = gate[i], s = 1 / (1 + expf(-x))
+        dgate?[i] += dout[i] * up[i] * s * (1 + x * (1 - s))
+        dup?[i] += dout[i] * x * s
+      }
+    }
+  }
+}
+
 /// Activation by its HF config name.
 public func activation(_ name: String, _ x: Tensor) -> Tensor {
   switch name {

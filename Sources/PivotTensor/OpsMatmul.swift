@@ -81,8 +81,12 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
     let bp = bias.ptr, op = out.ptr
     for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
   }
-  sgemm(transA: false, transB: true, m: n, n: outF, k: inF, a: x.ptr, lda: inF, b: weight.ptr, ldb: inF,
-        beta: bias == nil ? 0 : 1, c: out.ptr, ldc: outF)
+  if n == 1 {  // one row (decode): a GEMV streams W once, where SGEMM would pack it first
+    sgemv(trans: false, m: outF, n: inF, a: weight.ptr, lda: inF, x: x.ptr, beta: bias == nil ? 0 : 1, y: out.ptr)
+  } else {
+    sgemm(transA: false, transB: true, m: n, n: outF, k: inF, a: x.ptr, lda: inF, b: weight.ptr, ldb: inF,
+          beta: bias == nil ? 0 : 1, c: out.ptr, ldc: outF)
+  }
   let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
   return out.record(inputs) { _, g in
     if x.requiresGrad {  // dx (N, in) = dy (N, out) · W (out, in)

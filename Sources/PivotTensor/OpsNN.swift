@@ -76,14 +76,34 @@ public func crossEntropy(_ logits: Tensor, targets: [Int32], ignoreIndex: Int32 
 
 // MARK: Attention
 
+/// cos/sin tables (T or B·T rows, HS/2) for a set of positions: a decoder computes them once
+/// per forward and every layer's q and k reuse them.
+public struct RopeTable: Sendable {
+  public let positions: Int
+  public let headSize: Int
+  let cos: [Float]
+  let sin: [Float]
+  public init(positions: [Int], headSize: Int, theta: Float) {
+    self.positions = positions.count
+    self.headSize = headSize
+    (cos, sin) = Kernels.ropeTables(positions: positions, headSize: headSize, theta: theta)
+  }
+}
+
 /// Rotary embedding on x (B, T, NH, HS) at the given positions (T, shared by the batch,
 /// or B·T), HF `rotate_half` convention.
 public func rope(_ x: Tensor, positions: [Int], theta: Float) -> Tensor {
   precondition(x.rank == 4, "rope expects (B, T, NH, HS), got \(x.shape)")
+  return rope(x, table: RopeTable(positions: positions, headSize: x.shape[3], theta: theta))
+}
+
+public func rope(_ x: Tensor, table: RopeTable) -> Tensor {
+  precondition(x.rank == 4, "rope expects (B, T, NH, HS), got \(x.shape)")
   let (b, t, nh, hs) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-  precondition(positions.count == t || positions.count == b * t, "rope: \(positions.count) positions for B=\(b), T=\(t)")
-  let perBatch = positions.count == b * t && b > 1
-  let (cosT, sinT) = Kernels.ropeTables(positions: positions, headSize: hs, theta: theta)
+  precondition(table.positions == t || table.positions == b * t, "rope: \(table.positions) positions for B=\(b), T=\(t)")
+  precondition(table.headSize == hs, "rope table for head size \(table.headSize), input \(x.shape)")
+  let perBatch = table.positions == b * t && b > 1
+  let (cosT, sinT) = (table.cos, table.sin)
   let out = Tensor(empty: x.shape)
   Kernels.rope(out: out.ptr, inp: x.ptr, cos: cosT, sin: sinT, b: b, t: t, nh: nh, hs: hs, perBatch: perBatch, sign: 1, accumulate: false)
   return out.record([x]) { _, g in
@@ -106,7 +126,7 @@ public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, causal: Bool, keyMa
   let probs = Tensor(empty: [b, nh, t, s])  // (B, NH, T, S)
   Kernels.attentionForward(out: out.ptr, probs: probs.ptr, q: q.ptr, k: k.ptr, v: v.ptr, keyMask: keyMask?.ptr, shape: shape)
   return out.record([q, k, v]) { _, g in
-    let scratch = Tensor(empty: [t, s])
+    let scratch = Tensor(empty: [b, nkv, t, s])  // one (T, S) block per worker unit
     Kernels.attentionBackward(
       dq: q.requiresGrad ? q.gradPointer() : nil, dk: k.requiresGrad ? k.gradPointer() : nil,
       dv: v.requiresGrad ? v.gradPointer() : nil, scratch: scratch.ptr, dout: g, probs: probs.ptr,

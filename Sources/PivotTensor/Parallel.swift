@@ -47,3 +47,16 @@ public func parallelFor(_ n: Int, grain: Int = 16384, _ body: (Range<Int>) -> Vo
     }
   }
 }
+
+/// `parallelFor` whose body calls BLAS: OpenBLAS runs single-threaded inside it (each worker
+/// makes its own calls, which the pthread build of OpenBLAS allows) and gets its thread count back after.
+public func parallelOverBLASCalls(_ n: Int, grain: Int, _ body: (Range<Int>) -> Void) {
+  let workers = min(Threads.count, max(1, n / max(grain, 1)))
+  if workers <= 1 {
+    if n > 0 { body(0..<n) }
+    return
+  }
+  openblas_set_num_threads(1)
+  defer { openblas_set_num_threads(Int32(Threads.count)) }
+  parallelFor(n, grain: grain, body)
+}

@@ -9,22 +9,46 @@ import PivotTensor
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Measure Pivot's performance (the phases and shapes of shared/bench).",
-    discussion: "Phases: gemm. Each prints JSON lines with calib_gflops_before/after, the 1024³ probe that tells the machine's fast and slow states apart.")
+    discussion: """
+      Phases: gemm, stage1, stage2, prefill, decode (the last four as shared/bench/torch_ref.py, at --scale tiny, small or qwen0.5b). \
+      Each prints JSON lines with calib_gflops_before/after, the 1024³ probe that tells the machine's fast and slow states apart. \
+      Run each model phase in its own process: peak_rss_mib is the process's peak.
+      """)
 
-  @Option(help: "Phase to measure: gemm.") var phase: String = "gemm"
+  static let modelPhases = ["stage1", "stage2", "prefill", "decode"]
+
+  @Option(help: "Phase to measure: gemm, stage1, stage2, prefill or decode.") var phase: String = "gemm"
   @Option(help: "Benchmark scale (tiny, small, qwen0.5b) for model phases.") var scale: String = "small"
+  @Option(help: "Directory of <scale>/{vision,qformer,llm,pivot}.json (default: ../shared/bench/configs from the repository root).")
+  var configs: String?
+  @Option(help: "Storage of the decoder's frozen Linear weights: fp32 or bf16.") var dtype: String = "fp32"
   @Option(help: "Worker threads (Pivot and OpenBLAS).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
-  @Option(help: "Seconds of timed repetitions per measurement.") var seconds: Double = 1.5
+  @Option(help: "Seconds of timed repetitions per measurement (gemm).") var seconds: Double = 1.5
+  @Option(help: "Untimed warm-up repetitions (default: torch_ref.py's count for the scale and phase).") var warmup: Int?
+  @Option(help: "Timed repetitions (default: torch_ref.py's count for the scale and phase).") var reps: Int?
 
   func validate() throws {
-    guard ["gemm"].contains(phase) else { throw ValidationError("unknown phase '\(phase)' (known: gemm)") }
+    guard (["gemm"] + Self.modelPhases).contains(phase) else {
+      throw ValidationError("unknown phase '\(phase)' (known: gemm, \(Self.modelPhases.joined(separator: ", ")))")
+    }
+    guard ["fp32", "bf16"].contains(dtype) else { throw ValidationError("unknown dtype '\(dtype)' (fp32 or bf16)") }
+  }
+
+  /// shared/bench/configs beside the repository (this file is Sources/pivot/Bench.swift).
+  static var defaultConfigDir: String {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    return root.appendingPathComponent("../shared/bench/configs").standardized.path
   }
 
   func run() throws {
     Threads.set(threads)
     switch phase {
     case "gemm": try GemmBench(threads: threads, seconds: seconds).run()
-    default: break
+    default:
+      try ModelBench(
+        scale: scale, phase: phase, configDir: configs ?? Self.defaultConfigDir, threads: threads, dtype: dtype,
+        warmupOverride: warmup, repsOverride: reps
+      ).run()
     }
   }
 }
@@ -63,6 +87,14 @@ enum BenchClock {
       sgemm(transA: false, transB: false, m: n, n: n, k: n, a: a.ptr, lda: n, b: b.ptr, ldb: n, beta: 0, c: c.ptr, ldc: n)
     }
     return 2 * Double(n * n * n) / median(times) / 1e9
+  }
+
+  /// Resident set size now, from /proc/self/statm.
+  static func currentRSSMiB() -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = text.split(separator: " ")
+    guard fields.count > 1, let pages = Double(fields[1]) else { return 0 }
+    return pages * Double(sysconf(Int32(_SC_PAGESIZE))) / 1_048_576
   }
 
   static func peakRSSMiB() -> Double {
@@ -122,6 +154,33 @@ struct GemmBench {
       eprint(pad(label, 32) + pad(String(format: "%.1f", rawGF), 12, right: true) + pad(String(format: "%.1f", opGF), 12, right: true)
         + pad(String(format: "%.3f", opGF / rawGF), 8, right: true))
       rows.append(["shape": label, "m": m, "k": k, "n": n, "cblas_gflops": rawGF, "pivot_gflops": opGF, "pivot_over_cblas": opGF / rawGF])
+    }
+    // One-row products as decode runs them: W (out, in) · x, float32 SGEMV against the bfloat16 GEMV.
+    let gemvShapes: [(String, Int, Int)] = [
+      ("qwen0.5b lm_head 1x896x151936", 896, 151936), ("qwen0.5b mlp up 1x896x4864", 896, 4864),
+      ("qwen0.5b mlp down 1x4864x896", 4864, 896), ("qwen0.5b q_proj 1x896x896", 896, 896),
+    ]
+    eprint(pad("GEMV shape", 32) + pad("sgemv GB/s", 12, right: true) + pad("bf16 GB/s", 12, right: true) + pad("bf16 ms", 10, right: true))
+    for (label, k, m) in gemvShapes {
+      var rng = PivotRNG(seed: 2)
+      let w = Tensor(empty: [m, k]), x = Tensor(empty: [k]), y = Tensor(empty: [m])
+      rng.fillUniform(w, low: -1, high: 1)
+      rng.fillUniform(x, low: -1, high: 1)
+      let w16 = BF16Matrix(w)
+      var f32: [Double] = [], b16: [Double] = []
+      for _ in 0..<3 {
+        f32 += BenchClock.repeatTimed(seconds: seconds / 3) {
+          sgemv(trans: false, m: m, n: k, a: w.ptr, lda: k, x: x.ptr, beta: 0, y: y.ptr)
+        }
+        b16 += BenchClock.repeatTimed(seconds: seconds / 3) {
+          Kernels.gemvBF16(out: y.ptr, weight: w16.bits, inp: x.ptr, bias: nil, m: m, k: k)
+        }
+      }
+      let f32GB = Double(m * k * 4) / BenchClock.median(f32) / 1e9, b16GB = Double(m * k * 2) / BenchClock.median(b16) / 1e9
+      eprint(pad(label, 32) + pad(String(format: "%.1f", f32GB), 12, right: true) + pad(String(format: "%.1f", b16GB), 12, right: true)
+        + pad(String(format: "%.3f", BenchClock.median(b16) * 1e3), 10, right: true))
+      rows.append(["shape": label, "m": 1, "k": k, "n": m, "sgemv_gb_per_s": f32GB, "bf16_gemv_gb_per_s": b16GB,
+                   "sgemv_ms": BenchClock.median(f32) * 1e3, "bf16_gemv_ms": BenchClock.median(b16) * 1e3])
     }
     let calibAfter = BenchClock.calibrationGflops()
     for var r in rows {

@@ -1,0 +1,163 @@
+import Foundation
+import PivotNN
+import PivotTensor
+import Testing
+
+/// The fast paths (GEMV for one row, bfloat16 weights) against the plain float32 SGEMM path.
+/// They differ only in summation order, hence the tolerances.
+@Suite("Kernel paths")
+struct KernelPathTests {
+  static func random(_ shape: [Int], seed: UInt64) -> Tensor {
+    var rng = PivotRNG(seed: seed)
+    let t = Tensor(empty: shape)
+    rng.fillUniform(t, low: -1, high: 1)
+    return t
+  }
+
+  @Test func bf16RoundsToNearestEven() {
+    #expect(Kernels.bf16Bits(1) == 0x3F80)
+    #expect(Kernels.bf16Bits(Float(bitPattern: 0x3F80_8000)) == 0x3F80)  // tie, even stays
+    #expect(Kernels.bf16Bits(Float(bitPattern: 0x3F81_8000)) == 0x3F82)  // tie, odd rounds up
+    #expect(Kernels.bf16Bits(Float(bitPattern: 0x3F80_8001)) == 0x3F81)
+    #expect(Kernels.bf16Bits(-2.5) == 0xC020)
+    #expect(Kernels.bf16Bits(.nan) & 0x7FC0 == 0x7FC0)
+  }
+
+  /// One row (GEMV) and several rows (tiles converted for SGEMM), odd sizes, more than one tile.
+  @Test(arguments: [(1, 67, 300), (5, 67, 300), (1, 896, 131), (3, 64, 128)])
+  func bf16LinearMatchesFloatLinearOnRoundedWeights(rows: Int, inF: Int, outF: Int) {
+    let w = Self.random([outF, inF], seed: 1)
+    let bias = Self.random([outF], seed: 2)
+    let w16 = BF16Matrix(w)
+    let rounded = w16.toTensor()
+    for i in 0..<w.count { #expect(rounded.ptr[i] == Float(bitPattern: UInt32(Kernels.bf16Bits(w.ptr[i])) << 16)) }
+
+    let x = Self.random([rows, inF], seed: 3)
+    x.requiresGrad = true
+    let y = linear(x, w16, bias)
+    let seed = Self.random(y.shape, seed: 4)
+    y.backward(seed: seed)
+    let dx = x.grad!.clone()
+
+    x.grad = nil
+    let ref = linear(x, rounded, bias)
+    ref.backward(seed: seed)
+    let (okY, dY) = compare(y, ref, atol: 1e-4, rtol: 1e-5)
+    #expect(okY, "bf16 linear \(rows)×\(inF)→\(outF): max diff \(dY)")
+    let (okX, dX) = compare(dx, x.grad!, atol: 1e-4, rtol: 1e-5)
+    #expect(okX, "bf16 linear input gradient: max diff \(dX)")
+  }
+
+  /// A one-row float32 linear goes through SGEMV; it must equal that row of the SGEMM result.
+  @Test(arguments: [(67, 300), (896, 4864)])
+  func gemvRowMatchesGemm(inF: Int, outF: Int) {
+    let w = Self.random([outF, inF], seed: 5)
+    let bias = Self.random([outF], seed: 6)
+    let x = Self.random([3, inF], seed: 7)
+    let all = noGrad { linear(x, w, bias) }  // (3, out) by SGEMM
+    for r in 0..<3 {
+      let row = noGrad { linear(slice(x, axis: 0, r..<(r + 1)), w, bias) }  // (1, out) by SGEMV
+      // Sums of K products of magnitude ≤ 1 in another order: a few float32 ulps of √K-sized sums.
+      let (ok, d) = compare(row, slice(all, axis: 0, r..<(r + 1)), atol: 1e-4, rtol: 1e-5)
+      #expect(ok, "row \(r): max diff \(d)")
+    }
+  }
+
+  /// The fused SwiGLU against silu(gate) * up: values and both gradients.
+  @Test func swigluMatchesComposite() {
+    let gate = Self.random([3, 70000], seed: 20)  // more than one parallel chunk
+    let up = Self.random([3, 70000], seed: 21)
+    for x in [gate, up] { x.ptr[0] = 30; x.ptr[1] = -30 }  // saturated sigmoid on both sides
+    let seed = Self.random([3, 70000], seed: 22)
+    func run(_ f: (Tensor, Tensor) -> Tensor) -> [Tensor] {
+      for x in [gate, up] { x.grad = nil; x.requiresGrad = true }
+      let y = f(gate, up)
+      y.backward(seed: seed)
+      return [y.detached(), gate.grad!.clone(), up.grad!.clone()]
+    }
+    let fused = run { swiglu(gate: $0, up: $1) }
+    let composite = run { silu($0) * $1 }
+    for (i, name) in ["out", "dgate", "dup"].enumerated() {
+      let (ok, d) = compare(fused[i], composite[i], atol: 1e-6, rtol: 1e-5)
+      #expect(ok, "\(name): max diff \(d)")
+    }
+  }
+
+  @Test func linearLayerUsesItsBF16Copy() {
+    var rng = PivotRNG(seed: 8)
+    let layer = Linear(40, 24, bias: true, rng: &rng)
+    layer.weight.requiresGrad = false
+    let x = Self.random([2, 40], seed: 9)
+    layer.storeWeightInBF16()
+    let y = noGrad { layer(x) }
+    let ref = noGrad { linear(x, layer.weightBF16!.toTensor(), layer.bias) }
+    let (ok, d) = compare(y, ref, atol: 1e-6, rtol: 1e-6)
+    #expect(ok, "max diff \(d)")
+  }
+}
+
+/// Attention with heads spread over workers against a plain one-head-at-a-time reference,
+/// grouped-query heads, batch > 1, causal, values and all three gradients.
+@Suite("Parallel attention", .serialized)
+struct ParallelAttentionTests {
+  /// softmax(q kᵀ · scale, causal) v per (batch row, head), in float64.
+  static func reference(_ q: Tensor, _ k: Tensor, _ v: Tensor) -> [Double] {
+    let (b, t, nh, hs) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+    let (s, nkv) = (k.shape[1], k.shape[2])
+    let scale = 1 / Double(hs).squareRoot()
+    var out = [Double](repeating: 0, count: q.count)
+    for bi in 0..<b {
+      for h in 0..<nh {
+        let g = h / (nh / nkv)
+        for i in 0..<t {
+          var scores = [Double](repeating: -.infinity, count: s)
+          for j in 0...(i + s - t) {
+            var dot = 0.0
+            for d in 0..<hs { dot += Double(q.ptr[((bi * t + i) * nh + h) * hs + d]) * Double(k.ptr[((bi * s + j) * nkv + g) * hs + d]) }
+            scores[j] = dot * scale
+          }
+          let mx = scores.max()!
+          let e = scores.map { $0 == -.infinity ? 0 : Foundation.exp($0 - mx) }
+          let total = e.reduce(0, +)
+          for d in 0..<hs {
+            var acc = 0.0
+            for j in 0..<s { acc += e[j] / total * Double(v.ptr[((bi * s + j) * nkv + g) * hs + d]) }
+            out[((bi * t + i) * nh + h) * hs + d] = acc
+          }
+        }
+      }
+    }
+    return out
+  }
+
+  /// One pass: output and the three input gradients for a fixed seed.
+  static func run(_ q: Tensor, _ k: Tensor, _ v: Tensor, seed: Tensor) -> [Tensor] {
+    for x in [q, k, v] { x.grad = nil; x.requiresGrad = true }
+    let y = attention(q, k, v, causal: true)
+    y.backward(seed: seed)
+    return [y.detached(), q.grad!.clone(), k.grad!.clone(), v.grad!.clone()]
+  }
+
+  /// Sizes large enough that heads (forward) and key/value groups (backward) go to two workers.
+  @Test func workersMatchOneThreadAndReference() {
+    let (b, t, nh, nkv, hs) = (2, 64, 4, 2, 16)
+    let q = KernelPathTests.random([b, t, nh, hs], seed: 11)
+    let k = KernelPathTests.random([b, t, nkv, hs], seed: 12)
+    let v = KernelPathTests.random([b, t, nkv, hs], seed: 13)
+    let seed = KernelPathTests.random([b, t, nh, hs], seed: 14)
+    let saved = Threads.count
+    defer { Threads.set(saved) }
+    Threads.set(1)
+    let serial = Self.run(q, k, v, seed: seed)
+    Threads.set(2)
+    let parallel = Self.run(q, k, v, seed: seed)
+    for (i, name) in ["out", "dq", "dk", "dv"].enumerated() {
+      let (ok, d) = compare(parallel[i], serial[i], atol: 1e-5, rtol: 1e-5)
+      #expect(ok, "\(name): max diff \(d) between two workers and one thread")
+    }
+    let ref = Self.reference(q, k, v)
+    var worst: Float = 0
+    for i in 0..<ref.count { worst = max(worst, abs(parallel[0].ptr[i] - Float(ref[i]))) }
+    #expect(worst < 1e-5, "out against the float64 reference: max diff \(worst)")
+  }
+}
