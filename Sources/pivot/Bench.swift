@@ -10,14 +10,14 @@ struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Measure Pivot's performance (the phases and shapes of shared/bench).",
     discussion: """
-      Phases: gemm, stage1, stage2, prefill, decode (the last four as shared/bench/torch_ref.py, at --scale tiny, small or qwen0.5b). \
+      Phases: gemm, tokenize (chars/s beside HF tokenizers), data (images/s beside webdataset + PIL), stage1, stage2, prefill, decode (the last four as shared/bench/torch_ref.py, at --scale tiny, small or qwen0.5b). \
       Each prints JSON lines with calib_gflops_before/after, the 1024³ probe that tells the machine's fast and slow states apart. \
       Run each model phase in its own process: peak_rss_mib is the process's peak.
       """)
 
   static let modelPhases = ["stage1", "stage2", "prefill", "decode"]
 
-  @Option(help: "Phase to measure: gemm, stage1, stage2, prefill or decode.") var phase: String = "gemm"
+  @Option(help: "Phase to measure: gemm, tokenize, data, stage1, stage2, prefill or decode.") var phase: String = "gemm"
   @Option(help: "Benchmark scale (tiny, small, qwen0.5b) for model phases.") var scale: String = "small"
   @Option(help: "Directory of <scale>/{vision,qformer,llm,pivot}.json (default: ../shared/bench/configs from the repository root).")
   var configs: String?
@@ -26,10 +26,13 @@ struct Bench: ParsableCommand {
   @Option(help: "Seconds of timed repetitions per measurement (gemm).") var seconds: Double = 1.5
   @Option(help: "Untimed warm-up repetitions (default: torch_ref.py's count for the scale and phase).") var warmup: Int?
   @Option(help: "Timed repetitions (default: torch_ref.py's count for the scale and phase).") var reps: Int?
+  @Option(help: "tokenize: the tokenizer (default: the real Qwen2 file among the test fixtures).") var tokenizer: String?
+  @Option(help: "tokenize: MB of generated mixed Chinese/English text.") var megabytes: Int = 10
+  @Option(help: "data: Python with webdataset + Pillow + transformers, to run the same pipeline beside Pivot.") var python: String?
 
   func validate() throws {
-    guard (["gemm"] + Self.modelPhases).contains(phase) else {
-      throw ValidationError("unknown phase '\(phase)' (known: gemm, \(Self.modelPhases.joined(separator: ", ")))")
+    guard (["gemm", "tokenize", "data"] + Self.modelPhases).contains(phase) else {
+      throw ValidationError("unknown phase '\(phase)' (known: gemm, tokenize, data, \(Self.modelPhases.joined(separator: ", ")))")
     }
     guard ["fp32", "bf16"].contains(dtype) else { throw ValidationError("unknown dtype '\(dtype)' (fp32 or bf16)") }
   }
@@ -44,6 +47,16 @@ struct Bench: ParsableCommand {
     Threads.set(threads)
     switch phase {
     case "gemm": try GemmBench(threads: threads, seconds: seconds).run()
+    case "tokenize":
+      let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+      let qwen = root.appendingPathComponent("Tests/PivotTextTests/Fixtures/qwen2").path
+      var command = try BenchTokenize.parse(["--tokenizer", tokenizer ?? qwen, "--megabytes", "\(megabytes)"])
+      try command.run()
+    case "data":
+      var args = ["--generate-mib", "64", "--threads", "\(threads)"]
+      if let python { args += ["--python", python] }
+      var command = try BenchData.parse(args)
+      try command.run()
     default:
       try ModelBench(
         scale: scale, phase: phase, configDir: configs ?? Self.defaultConfigDir, threads: threads, dtype: dtype,
