@@ -180,6 +180,14 @@ public final class SafeTensorsFile: @unchecked Sendable {
     }
   }
 
+  /// The bytes of a U8 tensor (images in fixtures).
+  public func uint8s(_ name: String) throws -> [UInt8] {
+    guard let e = entries[name], e.dtype == .u8 else {
+      throw SafeTensorsError(file: path, reason: "no U8 tensor named '\(name)'", hint: "")
+    }
+    return Array(UnsafeRawBufferPointer(start: file.base + dataStart + e.range.lowerBound, count: e.range.count))
+  }
+
   /// Raw bytes of an entry (for integer tensors such as token ids in fixtures).
   public func int64s(_ name: String) throws -> [Int64] {
     guard let e = entries[name] else { throw SafeTensorsError(file: path, reason: "no tensor named '\(name)'", hint: "") }

@@ -38,8 +38,8 @@ public enum DemoWorld {
     // Near the centre with some jitter in place and size: the toy vision tower is random and
     // frozen, so the demo measures language transfer, not translation-invariant recognition.
     let s = Float(size)
-    let r = s * (0.26 + 0.08 * rng.uniform())  // half-size of the shape
-    let cx = s / 2 + s * 0.08 * (2 * rng.uniform() - 1), cy = s / 2 + s * 0.08 * (2 * rng.uniform() - 1)
+    let r = s * (0.28 + 0.06 * rng.uniform())  // half-size of the shape
+    let cx = s / 2 + s * 0.03 * (2 * rng.uniform() - 1), cy = s / 2 + s * 0.03 * (2 * rng.uniform() - 1)
     for y in 0..<size {
       for x in 0..<size {
         let dx = Float(x) + 0.5 - cx, dy = Float(y) + 0.5 - cy
