@@ -17,6 +17,14 @@ public enum ModelLoader {
   /// One loader serves every kind of folder; the tokenizer folder is where `tokenizer.json` lives.
   public static func load(_ dir: String) throws -> (model: LoadedModel, tokenizerFolder: String?) {
     let fm = FileManager.default
+    if dir.hasSuffix(".yaml") || dir.hasSuffix(".yml") {
+      // A recipe's starting point, untrained: what "before training" measures.
+      let recipe = try Recipe.load(dir)
+      let built = try ModelBuilder.build(recipe, hashBase: false)
+      let tokenizerFolder = recipe.model.tokenizer.map { ($0 as NSString).deletingLastPathComponent } ?? built.tokenizerFolder
+      if let chat = built.model as? ChatModel { return (.chat(chat), tokenizerFolder) }
+      if let llm = built.model as? DecoderLM { return (.llm(llm), tokenizerFolder) }
+    }
     func has(_ f: String) -> Bool { fm.fileExists(atPath: (dir as NSString).appendingPathComponent(f)) }
     if has("pivot_config.json") {
       return (.chat(try ChatModel.load(folder: dir)), dir)

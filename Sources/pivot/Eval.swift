@@ -12,7 +12,7 @@ struct Eval: ParsableCommand {
     abstract: "Held-out loss and perplexity; accuracy where the shards carry reference answers.",
     discussion: "Samples with a txt caption or a json conversation give loss and perplexity. Samples whose json has \"questions\" ([{lang, question, answer}]) are answered greedily; an answer counts as right when the reference word appears in the reply. Prints a table per language and a JSON line.")
 
-  @Option(help: "Model folder (Pivot model, checkpoint, or HF LLM).") var model: String
+  @Option(help: "Model folder (Pivot model, checkpoint, or HF LLM), or a recipe (its untrained starting point).") var model: String
   @Option(help: "Shard pattern.") var shards: String
   @Option(help: "Batch size for the loss.") var batchSize = 8
   @Option(help: "Longest sequence for the loss.") var maxLength = 256

@@ -24,7 +24,7 @@ final class Assistant {
     tokenizer = try Tokenizer(contentsOf: URL(fileURLWithPath: folder))
     var placeholder: Int32? = nil
     if case .chat(let m) = model {
-      placeholder = m.config.imageTokenId
+      placeholder = tokenizer.id(forToken: "<|image_pad|>") ?? tokenizer.id(forToken: "<image>") ?? m.config.imageTokenId
       image = RunSetup.preprocessing(for: m, visionFolder: nil)
     } else {
       image = nil
