@@ -26,6 +26,10 @@ extension Kernels {
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
     keyMask: UnsafePointer<Float>?, shape d: AttentionShape
   ) {
+    if d.t == 1 && d.hs % 8 == 0 {
+      singleQueryAttentionForward(out: out, probs: probs, q: q, k: k, v: v, keyMask: keyMask, shape: d)
+      return
+    }
     let group = d.nh / d.nkv
     let qStride = d.nh * d.hs, kvStride = d.nkv * d.hs
     let headCost = d.t * d.s * d.hs
@@ -49,6 +53,52 @@ extension Kernels {
         softmaxRows(out: p, inp: p, rows: 0..<d.t, c: d.s)
         sgemm(transA: false, transB: false, m: d.t, n: d.hs, k: d.s,
               a: p, lda: d.s, b: vb, ldb: kvStride, beta: 0, c: out + b * d.t * qStride + h * d.hs, ldc: qStride)
+      }
+    }
+  }
+
+  /// One query row per head (a decode step): dot products and the weighted sum of values as
+  /// SIMD loops, heads on parallel workers, no BLAS call (whose per-call cost exceeds the work).
+  static func singleQueryAttentionForward(
+    out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+    keyMask: UnsafePointer<Float>?, shape d: AttentionShape
+  ) {
+    let group = d.nh / d.nkv
+    let kvStride = d.nkv * d.hs
+    parallelFor(d.b * d.nh, grain: max(1, 32768 / max(d.s * d.hs, 1))) { heads in
+      for bh in heads {
+        let b = bh / d.nh, h = bh % d.nh, g = h / group
+        let qh = q + bh * d.hs  // (HS): q is (B, 1, NH, HS)
+        let kb = k + b * d.kvBatchStride + g * d.hs, vb = v + b * d.kvBatchStride + g * d.hs
+        let p = probs + bh * d.s  // (S)
+        var mx = -Float.infinity
+        for j in 0..<d.s {
+          if let keyMask, keyMask[b * d.s + j] == 0 { p[j] = -.infinity; continue }
+          let kj = kb + j * kvStride
+          var acc = SIMD8<Float>()
+          for i in stride(from: 0, to: d.hs, by: 8) {
+            acc.addProduct(UnsafeRawPointer(qh + i).loadUnaligned(as: SIMD8<Float>.self),
+                           UnsafeRawPointer(kj + i).loadUnaligned(as: SIMD8<Float>.self))
+          }
+          p[j] = acc.sum() * d.scale
+          mx = max(mx, p[j])
+        }
+        let o = out + bh * d.hs  // (HS)
+        if mx == -.infinity { o.update(repeating: 0, count: d.hs); p.update(repeating: 0, count: d.s); continue }
+        var sum: Float = 0
+        for j in 0..<d.s { let e = expf(p[j] - mx); p[j] = e; sum += e }
+        let inv = 1 / sum
+        for j in 0..<d.s { p[j] *= inv }
+        o.update(repeating: 0, count: d.hs)
+        for j in 0..<d.s {
+          let w = SIMD8<Float>(repeating: p[j]), vj = vb + j * kvStride
+          for i in stride(from: 0, to: d.hs, by: 8) {
+            var acc = UnsafeRawPointer(o + i).loadUnaligned(as: SIMD8<Float>.self)
+            acc.addProduct(w, UnsafeRawPointer(vj + i).loadUnaligned(as: SIMD8<Float>.self))
+            UnsafeMutableRawPointer(o + i).storeBytes(of: acc, as: SIMD8<Float>.self)
+          }
+        }
       }
     }
   }

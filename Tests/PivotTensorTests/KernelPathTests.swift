@@ -160,4 +160,21 @@ struct ParallelAttentionTests {
     for i in 0..<ref.count { worst = max(worst, abs(parallel[0].ptr[i] - Float(ref[i]))) }
     #expect(worst < 1e-5, "out against the float64 reference: max diff \(worst)")
   }
+
+  /// One query row (decode) takes the SIMD path: against the float64 reference, and gradcheck
+  /// through it (its probabilities feed the general backward).
+  @Test func singleQueryMatchesReferenceAndGradcheck() {
+    let q = KernelPathTests.random([2, 1, 4, 16], seed: 15)
+    let k = KernelPathTests.random([2, 37, 2, 16], seed: 16)
+    let v = KernelPathTests.random([2, 37, 2, 16], seed: 17)
+    let y = noGrad { attention(q, k, v, causal: true) }
+    let ref = Self.reference(q, k, v)
+    var worst: Float = 0
+    for i in 0..<ref.count { worst = max(worst, abs(y.ptr[i] - Float(ref[i]))) }
+    #expect(worst < 1e-5, "single-query attention against the float64 reference: max diff \(worst)")
+    let small = [KernelPathTests.random([1, 1, 2, 8], seed: 18), KernelPathTests.random([1, 5, 1, 8], seed: 19),
+                 KernelPathTests.random([1, 5, 1, 8], seed: 20)]
+    let (ratio, at) = gradcheck(small) { x in attention(x[0], x[1], x[2], causal: true) }
+    #expect(ratio <= 1, "worst gradient at \(at)")
+  }
 }
