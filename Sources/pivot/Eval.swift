@@ -126,7 +126,7 @@ struct DemoWorldCommand: ParsableCommand {
   @Option(help: "Output folder.") var out = "demo-world"
   @Option(help: "Training images.") var trainImages = 3000
   @Option(help: "Held-out images.") var heldoutImages = 240
-  @Option(help: "Lines of the bilingual text corpus.") var corpusLines = 8000
+  @Option(help: "Lines of the bilingual text corpus.") var corpusLines = 9000
   @Option(help: "Image side in pixels.") var imageSize = 48
   @Option(help: "Seed.") var seed: UInt64 = 0
 

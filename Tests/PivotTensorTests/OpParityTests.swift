@@ -97,3 +97,48 @@ struct OpParityTests {
     #expect(worst <= 1, "\(c.name): finite-difference mismatch at \(at)")
   }
 }
+
+/// Ops whose reference is a property rather than a PyTorch run: dropout draws its own mask
+/// (PyTorch's RNG stream differs), split is slices.
+@Suite("Dropout and split")
+struct DropoutSplitTests {
+  /// The mask is seeded: same seed, same mask; kept values are scaled by 1/(1−p); the
+  /// gradient passes through the mask (finite differences at the same seed agree).
+  @Test func dropoutIsSeededInvertedAndDifferentiable() {
+    var r = PivotRNG(seed: 4)
+    let x = Tensor(empty: [64, 64])
+    r.fillUniform(x, low: 0.5, high: 1.5)
+    func f(_ t: [Tensor]) -> Tensor {
+      var rng = PivotRNG(seed: 11)
+      return dropout(t[0], p: 0.25, rng: &rng)
+    }
+    let y = noGrad { f([x]) }
+    var zeros = 0
+    for i in 0..<x.count {
+      if y.ptr[i] == 0 { zeros += 1 } else { #expect(abs(y.ptr[i] - x.ptr[i] / 0.75) < 1e-6) }
+    }
+    #expect(abs(Double(zeros) / Double(x.count) - 0.25) < 0.03, "dropped fraction \(Double(zeros) / Double(x.count))")
+    #expect(noGrad { f([x]) }.scalars == y.scalars, "same seed, different mask")
+    var other = PivotRNG(seed: 12)
+    #expect(noGrad { dropout(x, p: 0.25, rng: &other) }.scalars != y.scalars)
+    #expect(noGrad { dropout(x, p: 0.25, rng: &other, training: false) }.scalars == x.scalars)
+    let small = Tensor(empty: [3, 5])
+    r.fillUniform(small, low: -1, high: 1)
+    let (worst, at) = gradcheck([small], f)
+    #expect(worst <= 1, "dropout: \(at)")
+  }
+
+  @Test func splitIsSlices() {
+    var r = PivotRNG(seed: 5)
+    let x = Tensor(empty: [2, 6, 3])
+    r.fillUniform(x, low: -1, high: 1)
+    let parts = split(x, axis: 1, sizes: [1, 2, 3])
+    #expect(parts.map(\.shape) == [[2, 1, 3], [2, 2, 3], [2, 3, 3]])
+    #expect(concat(parts, axis: 1).scalars == x.scalars)
+    let (worst, at) = gradcheck([x]) { t in
+      let p = split(t[0], axis: 1, sizes: [1, 2, 3])
+      return concat([p[2], p[0], scale(p[1], 2)], axis: 1)
+    }
+    #expect(worst <= 1, "split: \(at)")
+  }
+}
