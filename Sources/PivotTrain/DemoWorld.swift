@@ -18,17 +18,24 @@ public enum DemoWorld {
     Shape(en: "circle", zh: "圆形"), Shape(en: "square", zh: "正方形"), Shape(en: "triangle", zh: "三角形"), Shape(en: "cross", zh: "十字形"),
   ]
 
-  public static let captionTemplates = ["A {c} {s}.", "A {c} {s} on a grey background.", "There is a {c} {s} in the picture.", "The image shows a {c} {s}."]
+  public struct Size: Sendable { public let en, zh: String; public let radius: ClosedRange<Float> }
+  /// Half-sizes as fractions of the image side.
+  public static let sizes: [Size] = [Size(en: "small", zh: "小", radius: 0.19...0.22), Size(en: "big", zh: "大", radius: 0.32...0.35)]
+
+  public static let captionTemplates = ["A {z} {c} {s}.", "A {z} {c} {s} on a grey background.", "There is a {z} {c} {s} in the picture.", "The image shows a {z} {c} {s}."]
   public static let colourQuestionsEN = ["What colour is the shape?", "What is the colour of the shape in the image?", "Which colour does the shape have?"]
   public static let shapeQuestionsEN = ["What shape is in the image?", "What kind of shape is this?", "Which shape do you see?"]
+  public static let sizeQuestionsEN = ["Is the shape big or small?", "How big is the shape?", "What size is the shape?"]
+  public static let sizeQuestionsZH = ["这个形状是大还是小？", "图中的形状有多大？", "形状的大小是怎样的？"]
   public static let colourQuestionsZH = ["图中的形状是什么颜色？", "这个形状是什么颜色的？", "图片里的形状是哪种颜色？"]
   public static let shapeQuestionsZH = ["图片里是什么形状？", "这是什么形状？", "你看到的是哪种形状？"]
 
   public static func answer(colour c: Colour, zh: Bool) -> String { zh ? "是\(c.zh)的。" : "It is \(c.en)." }
   public static func answer(shape s: Shape, zh: Bool) -> String { zh ? "是一个\(s.zh)。" : "It is a \(s.en)." }
+  public static func answer(size z: Size, zh: Bool) -> String { zh ? "它是\(z.zh)的。" : "It is \(z.en)." }
 
   /// One picture: a shape of one colour at a random place and size on a light, noisy background.
-  public static func render(colour: Colour, shape: Shape, size: Int, rng: inout PivotRNG) -> RGBImage {
+  public static func render(colour: Colour, shape: Shape, scale: Size, size: Int, rng: inout PivotRNG) -> RGBImage {
     var pixels = [UInt8](repeating: 0, count: size * size * 3)
     let bg = 200 + Int(rng.next() % 50)
     for i in 0..<(size * size) {
@@ -39,7 +46,7 @@ public enum DemoWorld {
     // learns from a few thousand images in minutes, so the demo measures language transfer,
     // not translation-invariant recognition.
     let s = Float(size)
-    let r = s * (0.29 + 0.02 * rng.uniform())  // half-size of the shape
+    let r = s * (scale.radius.lowerBound + (scale.radius.upperBound - scale.radius.lowerBound) * rng.uniform())  // half-size
     let cx = s / 2, cy = s / 2
     for y in 0..<size {
       for x in 0..<size {
@@ -62,8 +69,8 @@ public enum DemoWorld {
     return RGBImage(width: size, height: size, pixels: pixels)
   }
 
-  static func fill(_ template: String, _ c: Colour, _ s: Shape) -> String {
-    template.replacingOccurrences(of: "{c}", with: c.en).replacingOccurrences(of: "{s}", with: s.en)
+  static func fill(_ template: String, _ c: Colour, _ s: Shape, _ z: Size) -> String {
+    template.replacingOccurrences(of: "{c}", with: c.en).replacingOccurrences(of: "{s}", with: s.en).replacingOccurrences(of: "{z}", with: z.en)
   }
 
   static func conversation(_ turns: [(String, String)], image: Bool) -> [[String: String]] {
@@ -82,7 +89,7 @@ public enum DemoWorld {
   public struct Counts: Sendable {
     public var trainImages = 3000
     public var heldoutImages = 240
-    public var corpusLines = 8000
+    public var corpusLines = 9000
     public var imageSize = 48
     public init() {}
   }
@@ -103,15 +110,16 @@ public enum DemoWorld {
     let total = counts.trainImages + counts.heldoutImages
     for i in 0..<total {
       let c = colours[Int(rng.next() % UInt64(colours.count))], s = shapes[Int(rng.next() % UInt64(shapes.count))]
-      let jpeg = try JPEG.encode(render(colour: c, shape: s, size: counts.imageSize, rng: &rng), quality: 92)
+      let z = sizes[Int(rng.next() % UInt64(sizes.count))]
+      let jpeg = try JPEG.encode(render(colour: c, shape: s, scale: z, size: counts.imageSize, rng: &rng), quality: 92)
       let key = String(format: "%06d", i)
-      let caption = fill(captionTemplates[Int(rng.next() % UInt64(captionTemplates.count))], c, s)
-      let ce = colourQuestionsEN[Int(rng.next() % 3)], se = shapeQuestionsEN[Int(rng.next() % 3)]
-      let cz = colourQuestionsZH[Int(rng.next() % 3)], sz = shapeQuestionsZH[Int(rng.next() % 3)]
+      let caption = fill(captionTemplates[Int(rng.next() % UInt64(captionTemplates.count))], c, s, z)
+      let ce = colourQuestionsEN[Int(rng.next() % 3)], se = sizeQuestionsEN[Int(rng.next() % 3)]
+      let cz = colourQuestionsZH[Int(rng.next() % 3)], sz = sizeQuestionsZH[Int(rng.next() % 3)]
       // Question order varies so neither answer is always first.
       let colourFirst = rng.next() % 2 == 0
-      let en = colourFirst ? [(ce, answer(colour: c, zh: false)), (se, answer(shape: s, zh: false))] : [(se, answer(shape: s, zh: false)), (ce, answer(colour: c, zh: false))]
-      let zh = colourFirst ? [(cz, answer(colour: c, zh: true)), (sz, answer(shape: s, zh: true))] : [(sz, answer(shape: s, zh: true)), (cz, answer(colour: c, zh: true))]
+      let en = colourFirst ? [(ce, answer(colour: c, zh: false)), (se, answer(size: z, zh: false))] : [(se, answer(size: z, zh: false)), (ce, answer(colour: c, zh: false))]
+      let zh = colourFirst ? [(cz, answer(colour: c, zh: true)), (sz, answer(size: z, zh: true))] : [(sz, answer(size: z, zh: true)), (cz, answer(colour: c, zh: true))]
       let img = SampleField(name: "jpg", data: jpeg)
       if i < counts.trainImages {
         try captions.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "txt", data: Array(caption.utf8))]))
@@ -122,11 +130,11 @@ public enum DemoWorld {
         try heldConv.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "json", data: json(["conversations": conversation(colourFirst ? en : zh, image: true)]))]))
         let questions: [[String: String]] = [
           ["lang": "en", "kind": "colour", "question": ce, "answer": c.en],
-          ["lang": "en", "kind": "shape", "question": se, "answer": s.en],
+          ["lang": "en", "kind": "size", "question": se, "answer": z.en],
           ["lang": "zh", "kind": "colour", "question": cz, "answer": c.zh],
-          ["lang": "zh", "kind": "shape", "question": sz, "answer": s.zh],
+          ["lang": "zh", "kind": "size", "question": sz, "answer": z.zh + "的"],
         ]
-        try heldQA.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "json", data: json(["questions": questions, "colour": c.en, "shape": s.en]))]))
+        try heldQA.write(ShardSample(key: key, url: "", fields: [img, SampleField(name: "json", data: json(["questions": questions, "colour": c.en, "shape": s.en, "size": z.en]))]))
       }
       if i % 100 == 0 || i == total - 1 { progress("images", i + 1, total) }
     }
@@ -135,19 +143,23 @@ public enum DemoWorld {
     var lines: [String] = []
     for _ in 0..<counts.corpusLines {
       let c = colours[Int(rng.next() % UInt64(colours.count))], s = shapes[Int(rng.next() % UInt64(shapes.count))]
-      switch rng.next() % 10 {
+      let z = sizes[Int(rng.next() % UInt64(sizes.count))]
+      let template = captionTemplates[Int(rng.next() % 4)]
+      switch rng.next() % 12 {
+      case 0: lines.append("The \(s.en) is \(c.en). 这个\(s.zh)是\(c.zh)的。")
+      case 1: lines.append("\(c.en) is \(c.zh) in Chinese. \(s.en) is \(s.zh) in Chinese. \(z.en) is \(z.zh) in Chinese.")
+      case 2: lines.append(fill(template, c, s, z) + " 这是一个\(z.zh)的\(c.zh)\(s.zh)。")
+      case 3: lines.append("<|im_start|>user\nA \(z.en) \(c.en) \(s.en). \(colourQuestionsEN[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(colour: c, zh: false))<|im_end|>")
+      case 4: lines.append("<|im_start|>user\n一个\(z.zh)的\(c.zh)\(s.zh)。\(colourQuestionsZH[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(colour: c, zh: true))<|im_end|>")
+      case 5: lines.append("<|im_start|>user\nA \(z.en) \(c.en) \(s.en). \(sizeQuestionsEN[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(size: z, zh: false))<|im_end|>")
+      case 6: lines.append("<|im_start|>user\n一个\(z.zh)的\(c.zh)\(s.zh)。\(sizeQuestionsZH[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(size: z, zh: true))<|im_end|>")
+      case 7: lines.append("<|im_start|>user\nA \(c.en) \(s.en). \(shapeQuestionsEN[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(shape: s, zh: false))<|im_end|>")
+      case 8: lines.append("<|im_start|>user\n一个\(c.zh)的\(s.zh)。\(shapeQuestionsZH[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(shape: s, zh: true))<|im_end|>")
       // A described picture → a caption: the frozen LLM learns to caption what its prompt shows,
       // which is what stage 1's soft tokens then stand in for.
-      case 8: lines.append("<|im_start|>user\nA \(c.en) \(s.en).\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n\(fill(captionTemplates[Int(rng.next() % 4)], c, s))<|im_end|>")
-      case 9: lines.append("<|im_start|>user\n一个\(c.zh)的\(s.zh)。\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n\(fill(captionTemplates[Int(rng.next() % 4)], c, s))<|im_end|>")
-      case 0: lines.append("The \(s.en) is \(c.en). 这个\(s.zh)是\(c.zh)的。")
-      case 1: lines.append("\(c.en) is \(c.zh) in Chinese. \(s.en) is \(s.zh) in Chinese.")
-      case 2: lines.append(fill(captionTemplates[Int(rng.next() % 4)], c, s) + " 这是一个\(c.zh)的\(s.zh)。")
-      case 3: lines.append("<|im_start|>user\nA \(c.en) \(s.en). \(colourQuestionsEN[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(colour: c, zh: false))<|im_end|>")
-      case 4: lines.append("<|im_start|>user\n一个\(c.zh)的\(s.zh)。\(colourQuestionsZH[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(colour: c, zh: true))<|im_end|>")
-      case 5: lines.append("<|im_start|>user\nA \(c.en) \(s.en). \(shapeQuestionsEN[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(shape: s, zh: false))<|im_end|>")
-      case 6: lines.append("<|im_start|>user\n一个\(c.zh)的\(s.zh)。\(shapeQuestionsZH[Int(rng.next() % 3)])<|im_end|>\n<|im_start|>assistant\n\(answer(shape: s, zh: true))<|im_end|>")
-      default: lines.append("A \(c.en) \(s.en) and a \(colours[Int(rng.next() % 6)].en) \(shapes[Int(rng.next() % 4)].en). 一个\(c.zh)的\(s.zh)。")
+      case 9: lines.append("<|im_start|>user\nA \(z.en) \(c.en) \(s.en).\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n\(fill(template, c, s, z))<|im_end|>")
+      case 10: lines.append("<|im_start|>user\n一个\(z.zh)的\(c.zh)\(s.zh)。\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n\(fill(template, c, s, z))<|im_end|>")
+      default: lines.append("A \(z.en) \(c.en) \(s.en) and a \(colours[Int(rng.next() % 6)].en) \(shapes[Int(rng.next() % 4)].en). 一个\(z.zh)的\(c.zh)\(s.zh)。")
       }
     }
     try (lines.joined(separator: "\n") + "\n").write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)

@@ -198,3 +198,25 @@ struct RecipeTests {
     #expect(r.data.sources[0].weight == 2)
   }
 }
+
+@Suite("Shipped recipes")
+struct ShippedRecipeTests {
+  static let recipesDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("Recipes").path
+
+  /// Every recipe in Recipes/ parses, and each has its reference loss curve beside it.
+  @Test func everyRecipeParsesAndHasAReferenceCurve() throws {
+    let files = try FileManager.default.contentsOfDirectory(atPath: Self.recipesDir).filter { $0.hasSuffix(".yaml") }.sorted()
+    #expect(files.count >= 3)
+    for f in files {
+      let r = try Recipe.load((Self.recipesDir as NSString).appendingPathComponent(f))
+      #expect(!r.data.sources.isEmpty, "\(f)")
+      let name = (f as NSString).deletingPathExtension
+      let ref = (Self.recipesDir as NSString).appendingPathComponent("reference/\(name).jsonl")
+      if name.hasPrefix("demo-") {
+        let records = MetricsLog.read(ref)
+        #expect(records.contains { $0["loss"] != nil }, "\(f) has no reference curve at reference/\(name).jsonl")
+      }
+    }
+  }
+}
