@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PivotData
 import PivotModels
 import PivotNN
 import PivotTensor
@@ -166,7 +167,7 @@ struct ModelBench {
       "breakdown_median_s": Self.medians(rows),
       "trainable_params": optimizer.parameterCount, "optimizer": "AdamW(lr=1e-4, wd=0.01) flat buffers",
       "losses": losses.map { Double(($0 * 1e5).rounded() / 1e5) }, "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": BenchClock.peakRSSMiB(), "effective_cores": cores,
+      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
@@ -237,7 +238,7 @@ struct ModelBench {
       "tokens_per_s": Double(length) / (sum["seconds_median"] as! Double),
       "llm_only_seconds_median": llm, "llm_only_tokens_per_s": Double(length) / llm,
       "breakdown_median_s": Self.medians(rows), "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": BenchClock.peakRSSMiB(), "effective_cores": cores,
+      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
@@ -289,7 +290,7 @@ struct ModelBench {
       "phase": "decode", "metric": "decode_manual_kv_loop", "B": 1, "prompt_len": length, "new_tokens": n,
       "final_cache_len": length + n, "tokens_per_s": Double(n) / med, "ms_per_token": 1000 * med / Double(n),
       "first_tokens": tokens.prefix(8).map { Int($0) }, "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": BenchClock.peakRSSMiB(), "effective_cores": cores,
+      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
