@@ -43,6 +43,13 @@ public final class ChatModel: Module, @unchecked Sendable {
     languageModel = maybe(initializeLLM) { DecoderLM(config.decoder, seed: llmSeed) }
   }
 
+  /// The frozen Linears of the vision tower and the frozen weights of the LLM keep only a
+  /// bfloat16 copy (the Q-Former and projection train in every stage and stay float32).
+  @discardableResult
+  public func storeFrozenWeightsInBF16() -> Int {
+    visionTower.storeFrozenLinearWeightsInBF16() + languageModel.storeFrozenWeightsInBF16()
+  }
+
   var visionIsFrozen: Bool { !visionTower.parameters().contains { $0.requiresGrad } }
 
   /// Soft tokens (B, Q, D) for pixels (B, 3, H, W). A frozen tower runs without recording.

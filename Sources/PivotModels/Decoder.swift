@@ -92,19 +92,19 @@ public final class DecoderLM: Module, @unchecked Sendable {
   }
 
   public var headWeight: Tensor { lmHead?.weight ?? model.embedTokens.weight }
-  /// The LM head's weight in bfloat16, when `storeFrozenWeightsInBF16` made one.
-  public private(set) var headBF16: BF16Matrix?
 
-  /// Keeps a bfloat16 copy of every frozen Linear weight of the decoder and of a frozen LM head,
-  /// and computes with it (inference, or the frozen LLM of stage 1). Trainable layers stay float32.
-  public func storeFrozenWeightsInBF16() {
-    for layer in model.layers {
-      let a = layer.selfAttn, m = layer.mlp
-      for l in [a.qProj, a.kProj, a.vProj, a.oProj, m.gateProj, m.upProj, m.downProj] where !l.weight.requiresGrad {
-        l.storeWeightInBF16()
-      }
+  /// Every frozen Linear weight of the decoder, and a frozen embedding table (the tied head),
+  /// computes in bfloat16 from now on and gives back its float32 memory (inference, or the
+  /// frozen LLM of stage 1). Trainable parameters stay float32. Returns the bytes given back.
+  @discardableResult
+  public func storeFrozenWeightsInBF16() -> Int {
+    var saved = storeFrozenLinearWeightsInBF16()
+    let table = model.embedTokens.weight
+    if !table.requiresGrad && table.bf16Values == nil {
+      table.keepOnlyBF16(BF16Matrix(table))
+      saved += table.count * 2
     }
-    if !headWeight.requiresGrad { headBF16 = BF16Matrix(headWeight) }
+    return saved
   }
 
   /// Stacks each frozen layer's q, k, v and gate, up projections into one product each (no extra
@@ -158,7 +158,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
 
   /// Final norm and LM head on rows (N, C) → logits (N, V).
   public func logits(_ hidden: Tensor) -> Tensor {
-    if let headBF16 { return linear(model.norm(hidden), headBF16) }
+    if let half = headWeight.bf16Values { return linear(model.norm(hidden), half) }
     return linear(model.norm(hidden), headWeight)
   }
 

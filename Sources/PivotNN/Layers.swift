@@ -13,18 +13,15 @@ public final class Linear: Module, @unchecked Sendable {
     self.bias = bias ? Tensor.zeros([outFeatures], requiresGrad: true) : nil
   }
 
-  /// The weight rounded to bfloat16, used instead of `weight` when present (frozen layers only).
-  public internal(set) var weightBF16: BF16Matrix?
-
-  /// Computes with a bfloat16 copy of the (frozen) weight from now on: half the bytes per product.
-  /// `weight` keeps its float32 values for export.
+  /// Computes with the (frozen) weight rounded to bfloat16 from now on, and gives back its
+  /// float32 memory: half the bytes per product and in memory. Export widens it again.
   public func storeWeightInBF16() {
     precondition(!weight.requiresGrad, "bfloat16 storage is for frozen weights; freeze the layer first")
-    weightBF16 = BF16Matrix(weight)
+    if weight.bf16Values == nil { weight.keepOnlyBF16(BF16Matrix(weight)) }
   }
 
   public func callAsFunction(_ x: Tensor) -> Tensor {
-    if let w = weightBF16 { return linear(x, w, bias) }
+    if let w = weight.bf16Values { return linear(x, w, bias) }
     return linear(x, weight, bias)
   }
 }
@@ -32,38 +29,56 @@ public final class Linear: Module, @unchecked Sendable {
 /// Frozen Linears that read the same input (q, k, v; gate, up) run as one product: their weights
 /// and biases become row blocks of one (ΣOut, In) buffer that the layers' own tensors then view,
 /// so no memory is added, and a one-row product (decode) makes one GEMV call instead of several.
-/// Inference only: the outputs are copies or views with no autograd history.
+/// Float32 or bfloat16-only weights, not a mix. Inference only: the outputs are copies or views
+/// with no autograd history.
 public final class StackedLinear: @unchecked Sendable {
-  public let weight: Tensor  // (ΣOut, In)
-  public let bias: Tensor?  // (ΣOut)
+  /// (ΣOut, In) float32, or nil when the weights are bfloat16-only.
+  public let weight: Tensor?
   public let weightBF16: BF16Matrix?
+  public let bias: Tensor?  // (ΣOut)
+  public let inFeatures: Int
   public let outFeatures: [Int]
 
-  /// nil unless every layer is frozen, has the same input width, and all or none have biases.
+  /// nil unless every layer is frozen, has the same input width and weight storage, and all or none have biases.
   public init?(_ layers: [Linear]) {
     guard let first = layers.first, layers.allSatisfy({ !$0.weight.requiresGrad && $0.bias?.requiresGrad != true }) else { return nil }
     let inF = first.weight.shape[1]
-    let hasBias = first.bias != nil
-    guard layers.allSatisfy({ $0.weight.shape[1] == inF && ($0.bias != nil) == hasBias }) else { return nil }
+    let hasBias = first.bias != nil, half = first.weight.bf16Values != nil
+    guard layers.allSatisfy({ $0.weight.shape[1] == inF && ($0.bias != nil) == hasBias && ($0.weight.bf16Values != nil) == half }) else { return nil }
+    inFeatures = inF
     outFeatures = layers.map { $0.weight.shape[0] }
     let total = outFeatures.reduce(0, +)
-    weight = Tensor(empty: [total, inF])
     bias = hasBias ? Tensor(empty: [total]) : nil
     var row = 0
+    if half {
+      let stacked = BF16Matrix(stacking: layers.map { $0.weight.bf16Values! })
+      for l in layers {
+        l.weight.keepOnlyBF16(BF16Matrix(rowsOf: stacked, row..<(row + l.weight.shape[0])))
+        row += l.weight.shape[0]
+      }
+      weight = nil
+      weightBF16 = stacked
+    } else {
+      let stacked = Tensor(empty: [total, inF])
+      for l in layers {
+        l.weight.rebind(to: stacked.storage, offset: stacked.offset + row * inF)
+        row += l.weight.shape[0]
+      }
+      weight = stacked
+      weightBF16 = nil
+    }
+    row = 0
     for l in layers {
-      l.weight.rebind(to: weight.storage, offset: weight.offset + row * inF)
       if let b = l.bias, let bias { b.rebind(to: bias.storage, offset: bias.offset + row) }
       row += l.weight.shape[0]
     }
-    weightBF16 = layers.contains { $0.weightBF16 != nil } ? BF16Matrix(weight) : nil
-    for l in layers { l.weightBF16 = nil }
   }
 
   /// x (…, In) → one tensor (…, Out_i) per stacked layer.
   public func callAsFunction(_ x: Tensor) -> [Tensor] {
-    let y = noGrad { weightBF16.map { linear(x, $0, bias) } ?? linear(x, weight, bias) }  // (N, ΣOut)
+    let y = noGrad { weightBF16.map { linear(x, $0, bias) } ?? linear(x, weight!, bias) }  // (N, ΣOut)
     let lead = Array(x.shape.dropLast())
-    let n = x.count / weight.shape[1], total = weight.shape[0]
+    let n = x.count / inFeatures, total = outFeatures.reduce(0, +)
     if n == 1 {  // each part is a contiguous run of the one output row
       var start = 0
       return outFeatures.map { f in
@@ -81,6 +96,7 @@ public final class StackedLinear: @unchecked Sendable {
   }
 }
 
+
 public final class Embedding: Module, @unchecked Sendable {
   public let weight: Tensor
   public init(_ count: Int, _ dim: Int, std: Float = 0.02, rng: inout PivotRNG) {
@@ -88,7 +104,10 @@ public final class Embedding: Module, @unchecked Sendable {
     rng.fillNormal(weight, std: std)
     weight.requiresGrad = true
   }
-  public func callAsFunction(_ ids: [Int32], shape: [Int]) -> Tensor { embedding(ids, shape: shape, weight: weight) }
+  public func callAsFunction(_ ids: [Int32], shape: [Int]) -> Tensor {
+    if let w = weight.bf16Values { return embedding(ids, shape: shape, weight: w) }
+    return embedding(ids, shape: shape, weight: weight)
+  }
 }
 
 public final class LayerNorm: Module, @unchecked Sendable {

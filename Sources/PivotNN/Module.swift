@@ -105,6 +105,7 @@ open class Module: @unchecked Sendable {
     for pattern in patterns {
       var hit = false
       for (name, t) in params where Glob.matches(pattern, name) {
+        if trainable && t.bf16Values != nil { throw ModuleError.bf16OnlyNotTrainable(name) }
         t.requiresGrad = trainable
         hit = true
       }
@@ -116,6 +117,19 @@ open class Module: @unchecked Sendable {
   public func unfreeze(_ patterns: [String] = ["*"]) throws { try setTrainable(true, matching: patterns) }
 
   public func trainableParameters() -> [(String, Tensor)] { namedParameters().filter { $0.1.requiresGrad } }
+
+  /// Every frozen Linear below this module computes with its weight in bfloat16 and gives
+  /// back the float32 copy. Returns the bytes given back.
+  @discardableResult
+  public func storeFrozenLinearWeightsInBF16() -> Int {
+    var saved = 0
+    for (_, m) in namedModules() {
+      guard let linear = m as? Linear, !linear.weight.requiresGrad, linear.weight.bf16Values == nil else { continue }
+      linear.storeWeightInBF16()
+      saved += linear.weight.count * 2
+    }
+    return saved
+  }
 
   // MARK: Loading
 
@@ -142,7 +156,14 @@ open class Module: @unchecked Sendable {
     if !problems.isEmpty { throw ModuleError.loadFailed(source: source, problems: problems) }
     for (name, t) in params {
       guard let w = weights[name] else { continue }
-      if zeroCopy { t.repoint(to: w.storage, offset: w.offset) } else { t.copy(from: w) }
+      if let half = w.bf16Values {  // a bfloat16 matrix of the checkpoint, kept as it is: frozen
+        t.requiresGrad = false
+        t.keepOnlyBF16(half)
+      } else if zeroCopy {
+        t.repoint(to: w.storage, offset: w.offset)
+      } else {
+        t.copy(from: w)
+      }
     }
   }
 }
@@ -150,11 +171,14 @@ open class Module: @unchecked Sendable {
 public enum ModuleError: Error, CustomStringConvertible {
   case patternMatchesNothing(String)
   case loadFailed(source: String, problems: [String])
+  case bf16OnlyNotTrainable(String)
 
   public var description: String {
     switch self {
     case .patternMatchesNothing(let p):
       "parameter pattern '\(p)' matches no parameter (patterns are globs over dotted names, e.g. 'model.layers.*.mlp.*')"
+    case .bf16OnlyNotTrainable(let name):
+      "parameter '\(name)' is held only in bfloat16 (frozen storage) and cannot train; load the model with float32 weights to train it"
     case .loadFailed(let source, let problems):
       "\(source): \(problems.count) problem\(problems.count == 1 ? "" : "s") loading weights:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
     }

@@ -153,13 +153,18 @@ public final class SafeTensorsFile: @unchecked Sendable {
     self.metadata = metadata
   }
 
-  /// The tensor as float32. An aligned F32 tensor is a zero-copy view of the mapping.
-  public func tensor(_ name: String) throws -> Tensor {
+  /// The tensor as float32. An aligned F32 tensor is a zero-copy view of the mapping. With
+  /// `keepingBF16`, a BF16 matrix stays as its mapped bits (a bfloat16-only tensor, no copy).
+  public func tensor(_ name: String, keepingBF16 keep: Bool = false) throws -> Tensor {
     guard let e = entries[name] else {
       throw SafeTensorsError(file: path, reason: "no tensor named '\(name)'", hint: "the file has \(entries.count) tensors")
     }
     let src = file.base + dataStart + e.range.lowerBound
     let n = e.shape.reduce(1, *)
+    if keep && e.dtype == .bf16 && e.shape.count == 2 {
+      let bits = UnsafePointer(src.bindMemory(to: UInt16.self, capacity: max(n, 1)))
+      return Tensor.bf16Only(BF16Matrix(borrowing: bits, rows: e.shape[0], cols: e.shape[1], owner: file))
+    }
     if e.dtype == .f32 && Int(bitPattern: src) % 4 == 0 {
       let storage = Storage(borrowing: src.bindMemory(to: Float.self, capacity: max(n, 1)), capacity: n, owner: file)
       return Tensor(storage: storage, shape: e.shape)
@@ -263,9 +268,14 @@ public func writeSafeTensors(
     var len = UInt64(headerData.count).littleEndian
     try handle.write(contentsOf: Data(bytes: &len, count: 8))
     try handle.write(contentsOf: headerData)
-    for (_, t) in sorted {
-      var chunk = Data(count: t.count * dtype.byteSize)
+    for (_, stored) in sorted {
+      var chunk = Data(count: stored.count * dtype.byteSize)
       chunk.withUnsafeMutableBytes { raw in
+        if dtype == .bf16, let half = stored.bf16Values {  // bfloat16-only weights: their bits as they are
+          raw.copyMemory(from: UnsafeRawBufferPointer(start: half.bits, count: stored.count * 2))
+          return
+        }
+        let t = stored.floatValues()
         let p = t.ptr
         switch dtype {
         case .f32: raw.copyMemory(from: UnsafeRawBufferPointer(start: p, count: t.count * 4))
@@ -340,10 +350,10 @@ public final class SafeTensorsCheckpoint: @unchecked Sendable {
 
   public func entry(_ name: String) -> SafeTensorsFile.Entry? { location[name].map { files[$0].entries[name]! } }
 
-  public func tensor(_ name: String) throws -> Tensor {
+  public func tensor(_ name: String, keepingBF16 keep: Bool = false) throws -> Tensor {
     guard let i = location[name] else {
       throw SafeTensorsError(file: files.first?.path ?? "", reason: "no tensor named '\(name)'", hint: "")
     }
-    return try files[i].tensor(name)
+    return try files[i].tensor(name, keepingBF16: keep)
   }
 }

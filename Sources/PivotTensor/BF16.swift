@@ -2,35 +2,124 @@ import Foundation
 
 /// A frozen weight matrix (R, C) stored as bfloat16 bits (the top half of each float32), for
 /// inference and for frozen layers: half the bytes of float32, and decode is bound by the
-/// bytes it reads. Values are rounded to nearest even once, at conversion; every product is
-/// computed in float32.
+/// bytes it reads. Values are rounded to nearest even once, at conversion (or taken as they
+/// are from a bfloat16 checkpoint); every product is computed in float32.
 public final class BF16Matrix: @unchecked Sendable {
   public let rows: Int
   public let cols: Int
-  public let bits: UnsafeMutablePointer<UInt16>  // (R, C)
+  public let bits: UnsafePointer<UInt16>  // (R, C)
+  /// Frees `bits` on deinit when this matrix allocated them.
+  private let allocated: UnsafeMutablePointer<UInt16>?
+  /// Keeps borrowed bits alive: a mapped checkpoint or the matrix this one is a row block of.
+  private let owner: AnyObject?
 
-  /// Rounds a float32 matrix (R, C) to bfloat16.
-  public init(_ weight: Tensor) {
-    precondition(weight.rank == 2, "BF16Matrix from \(weight.shape): needs (rows, cols)")
-    rows = weight.shape[0]
-    cols = weight.shape[1]
+  /// Uninitialised storage for (rows, cols).
+  private init(rows: Int, cols: Int) {
+    self.rows = rows
+    self.cols = cols
     var raw: UnsafeMutableRawPointer?
     guard posix_memalign(&raw, 64, max(rows * cols, 1) * 2) == 0, let raw else {
       fatalError("Pivot: out of memory allocating \(rows * cols * 2) bytes")
     }
-    bits = raw.bindMemory(to: UInt16.self, capacity: rows * cols)
-    let src = weight.ptr, dst = bits
+    let p = raw.bindMemory(to: UInt16.self, capacity: max(rows * cols, 1))
+    allocated = p
+    bits = UnsafePointer(p)
+    owner = nil
+  }
+
+  /// Rounds a float32 matrix (R, C) to bfloat16.
+  public convenience init(_ weight: Tensor) {
+    precondition(weight.rank == 2, "BF16Matrix from \(weight.shape): needs (rows, cols)")
+    self.init(rows: weight.shape[0], cols: weight.shape[1])
+    let src = weight.ptr, dst = allocated!
     parallelFor(rows * cols, grain: 1 << 16) { r in for i in r { dst[i] = Kernels.bf16Bits(src[i]) } }
   }
 
-  deinit { free(bits) }
+  /// Bits owned by someone else (a bfloat16 tensor of a mapped checkpoint): no copy.
+  public init(borrowing bits: UnsafePointer<UInt16>, rows: Int, cols: Int, owner: AnyObject) {
+    self.rows = rows
+    self.cols = cols
+    self.bits = bits
+    self.allocated = nil
+    self.owner = owner
+  }
+
+  /// Rows `range` of `parent`, sharing its bits.
+  public init(rowsOf parent: BF16Matrix, _ range: Range<Int>) {
+    precondition(range.upperBound <= parent.rows, "rows \(range) of a \(parent.rows)-row matrix")
+    rows = range.count
+    cols = parent.cols
+    bits = parent.bits + range.lowerBound * parent.cols
+    allocated = nil
+    owner = parent
+  }
+
+  /// The row blocks of `parts` (equal column counts) one after another.
+  public convenience init(stacking parts: [BF16Matrix]) {
+    let cols = parts[0].cols
+    precondition(parts.allSatisfy { $0.cols == cols }, "stacked bfloat16 matrices need equal column counts")
+    self.init(rows: parts.reduce(0) { $0 + $1.rows }, cols: cols)
+    var row = 0
+    for p in parts {
+      (allocated! + row * cols).update(from: p.bits, count: p.rows * cols)
+      row += p.rows
+    }
+  }
+
+  deinit { if let allocated { free(allocated) } }
 
   /// The float32 values it holds (R, C), for tests and export.
   public func toTensor() -> Tensor {
     let t = Tensor(empty: [rows, cols])
-    Kernels.bf16ToFloat(out: t.ptr, inp: bits, count: rows * cols)
+    let src = bits, dst = t.ptr
+    parallelFor(rows * cols, grain: 1 << 18) { r in
+      Kernels.bf16ToFloat(out: dst + r.lowerBound, inp: src + r.lowerBound, count: r.count)
+    }
     return t
   }
+}
+
+/// An address range with no access rights, standing in for float32 values that were given back:
+/// a stray read of them faults at once instead of returning stale numbers.
+final class NoAccessRange: @unchecked Sendable {
+  let base: UnsafeMutableRawPointer
+  let bytes: Int
+  init(bytes: Int) {
+    self.bytes = max(bytes, 4096)
+    guard let p = mmap(nil, self.bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), p != MAP_FAILED else {
+      fatalError("Pivot: cannot reserve \(bytes) bytes of address space")
+    }
+    base = p
+  }
+  deinit { munmap(base, bytes) }
+}
+
+extension Tensor {
+  /// Makes `values` the only copy of this frozen (R, C) parameter: its float32 memory is given
+  /// back. Layers that know bfloat16 (Linear, Embedding) compute with it; `floatValues()` widens
+  /// it for export. Reading `ptr` afterwards faults.
+  public func keepOnlyBF16(_ values: BF16Matrix) {
+    precondition(!requiresGrad, "bfloat16-only storage is for frozen weights; freeze the parameter first")
+    precondition(shape == [values.rows, values.cols], "bfloat16 values \(values.rows)×\(values.cols) for a \(shape) parameter")
+    repoint(to: Tensor.noAccessStorage(count), offset: 0)
+    bf16Values = values
+  }
+
+  /// A frozen (R, C) tensor whose only values are `values`.
+  public static func bf16Only(_ values: BF16Matrix) -> Tensor {
+    let n = values.rows * values.cols
+    let t = Tensor(storage: noAccessStorage(n), shape: [values.rows, values.cols])
+    t.bf16Values = values
+    return t
+  }
+
+  private static func noAccessStorage(_ count: Int) -> Storage {
+    let range = NoAccessRange(bytes: count * 4)
+    return Storage(borrowing: range.base.bindMemory(to: Float.self, capacity: max(count, 1)), capacity: count, owner: range)
+  }
+
+  /// The float32 values: this tensor, or its bfloat16-only values widened (export, checks).
+  public func floatValues() -> Tensor { bf16Values?.toTensor() ?? self }
 }
 
 extension Kernels {
@@ -61,18 +150,23 @@ extension Kernels {
     unsafeBitCast(SIMD8<UInt32>(truncatingIfNeeded: w) &<< 16, to: SIMD8<Float>.self)
   }
 
-  // MARK: GEMV with bfloat16 weights
+  // MARK: GEMV
 
-  /// out (M) = W (M, K) · inp (K) [+ bias (M)], W as bfloat16 bits, float32 accumulation.
-  /// Rows go to workers in chunks; four rows at a time share each load of `inp`.
-  public static func gemvBF16(
-    out: UnsafeMutablePointer<Float>, weight: UnsafePointer<UInt16>, inp: UnsafePointer<Float>,
+  /// out (M) = W (M, K) · inp (K) [+ bias (M)], W float32 or bfloat16 bits, float32 accumulation.
+  /// Decode is one of these per projection and is bound by reading W once: rows go to Pivot's
+  /// workers in contiguous blocks, four rows at a time share each load of `inp`, and two
+  /// accumulators per row keep eight independent streams of loads in flight.
+  @inline(__always)
+  static func gemv<W: GEMVWeight>(
+    _: W.Type, out: UnsafeMutablePointer<Float>, weight: UnsafePointer<W>, inp: UnsafePointer<Float>,
     bias: UnsafePointer<Float>?, m: Int, k: Int
   ) {
-    let k8 = k & ~7
-    @inline(__always) func tail(_ row: UnsafePointer<UInt16>) -> Float {
-      var s: Float = 0
-      for j in k8..<k { s += Float(bitPattern: UInt32(row[j]) << 16) * inp[j] }
+    let k16 = k & ~15, k8 = k & ~7
+    @inline(__always) func rest(_ row: UnsafePointer<W>, _ acc: SIMD8<Float>) -> Float {
+      var acc = acc
+      if k16 < k8 { acc.addProduct(W.load8(row + k16), UnsafeRawPointer(inp + k16).loadUnaligned(as: SIMD8<Float>.self)) }
+      var s = acc.sum()
+      for j in k8..<k { s += W.widen(row[j]) * inp[j] }
       return s
     }
     parallelFor(m, grain: max(4, 65536 / max(k, 1))) { rows in
@@ -80,35 +174,69 @@ extension Kernels {
       while r + 4 <= rows.upperBound {
         let w0 = weight + r * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k
         var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+        var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
         var j = 0
-        while j < k8 {
+        while j < k16 {
           let x = UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self)
-          a0.addProduct(widen(UnsafeRawPointer(w0 + j).loadUnaligned(as: SIMD8<UInt16>.self)), x)
-          a1.addProduct(widen(UnsafeRawPointer(w1 + j).loadUnaligned(as: SIMD8<UInt16>.self)), x)
-          a2.addProduct(widen(UnsafeRawPointer(w2 + j).loadUnaligned(as: SIMD8<UInt16>.self)), x)
-          a3.addProduct(widen(UnsafeRawPointer(w3 + j).loadUnaligned(as: SIMD8<UInt16>.self)), x)
-          j += 8
+          let y = UnsafeRawPointer(inp + j + 8).loadUnaligned(as: SIMD8<Float>.self)
+          a0.addProduct(W.load8(w0 + j), x); b0.addProduct(W.load8(w0 + j + 8), y)
+          a1.addProduct(W.load8(w1 + j), x); b1.addProduct(W.load8(w1 + j + 8), y)
+          a2.addProduct(W.load8(w2 + j), x); b2.addProduct(W.load8(w2 + j + 8), y)
+          a3.addProduct(W.load8(w3 + j), x); b3.addProduct(W.load8(w3 + j + 8), y)
+          j += 16
         }
-        out[r] = a0.sum() + tail(w0) + (bias?[r] ?? 0)
-        out[r + 1] = a1.sum() + tail(w1) + (bias?[r + 1] ?? 0)
-        out[r + 2] = a2.sum() + tail(w2) + (bias?[r + 2] ?? 0)
-        out[r + 3] = a3.sum() + tail(w3) + (bias?[r + 3] ?? 0)
+        out[r] = rest(w0, a0 + b0) + (bias?[r] ?? 0)
+        out[r + 1] = rest(w1, a1 + b1) + (bias?[r + 1] ?? 0)
+        out[r + 2] = rest(w2, a2 + b2) + (bias?[r + 2] ?? 0)
+        out[r + 3] = rest(w3, a3 + b3) + (bias?[r + 3] ?? 0)
         r += 4
       }
       while r < rows.upperBound {
         let w0 = weight + r * k
-        var a0 = SIMD8<Float>()
+        var a0 = SIMD8<Float>(), b0 = SIMD8<Float>()
         var j = 0
-        while j < k8 {
-          let x = UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self)
-          a0.addProduct(widen(UnsafeRawPointer(w0 + j).loadUnaligned(as: SIMD8<UInt16>.self)), x)
-          j += 8
+        while j < k16 {
+          a0.addProduct(W.load8(w0 + j), UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self))
+          b0.addProduct(W.load8(w0 + j + 8), UnsafeRawPointer(inp + j + 8).loadUnaligned(as: SIMD8<Float>.self))
+          j += 16
         }
-        out[r] = a0.sum() + tail(w0) + (bias?[r] ?? 0)
+        out[r] = rest(w0, a0 + b0) + (bias?[r] ?? 0)
         r += 1
       }
     }
   }
+
+  /// out (M) = W (M, K) · inp (K) [+ bias], W float32.
+  public static func gemvF32(
+    out: UnsafeMutablePointer<Float>, weight: UnsafePointer<Float>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?, m: Int, k: Int
+  ) {
+    gemv(Float.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k)
+  }
+
+  /// out (M) = W (M, K) · inp (K) [+ bias], W bfloat16 bits.
+  public static func gemvBF16(
+    out: UnsafeMutablePointer<Float>, weight: UnsafePointer<UInt16>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?, m: Int, k: Int
+  ) {
+    gemv(UInt16.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k)
+  }
+}
+
+/// A weight element type the GEMV kernel reads: float32, or bfloat16 bits widened on load.
+protocol GEMVWeight {
+  static func load8(_ p: UnsafePointer<Self>) -> SIMD8<Float>
+  static func widen(_ x: Self) -> Float
+}
+
+extension Float: GEMVWeight {
+  @inline(__always) static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self) }
+  @inline(__always) static func widen(_ x: Float) -> Float { x }
+}
+
+extension UInt16: GEMVWeight {
+  @inline(__always) static func load8(_ p: UnsafePointer<UInt16>) -> SIMD8<Float> {
+    Kernels.widen(UnsafeRawPointer(p).loadUnaligned(as: SIMD8<UInt16>.self))
+  }
+  @inline(__always) static func widen(_ x: UInt16) -> Float { Float(bitPattern: UInt32(x) << 16) }
 }
 
 /// Output features converted to float32 per tile when more than one row goes through a
@@ -116,14 +244,16 @@ extension Kernels {
 let bf16TileRows = 128
 
 /// y = x · Wᵀ + b with W a frozen bfloat16 matrix (out, in). One row is a bfloat16 GEMV; more
-/// rows convert W a tile of output features at a time and run SGEMM on it. The input gradient
-/// flows (dx = dy · W, tile by tile); W gets none.
+/// rows give each worker whole tiles of output features, which it widens to float32 and
+/// multiplies with a one-thread SGEMM. The input gradient flows (dx = dy · W, each worker
+/// summing its tiles' share, then the shares added); W gets none.
 public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> Tensor {
   let inF = weight.cols, outF = weight.rows
   precondition(x.size(-1) == inF, "linear: input \(x.shape) does not end in \(inF) (bf16 weight \(outF)×\(inF))")
   if let bias { precondition(bias.shape == [outF], "linear bias \(bias.shape) for \(outF) outputs") }
   let n = x.count / inF
   let out = Tensor(empty: Array(x.shape.dropLast()) + [outF])  // (N, out)
+  let tiles = (outF + bf16TileRows - 1) / bf16TileRows
   if n == 1 {
     Kernels.gemvBF16(out: out.ptr, weight: weight.bits, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
   } else {
@@ -131,29 +261,54 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
       let bp = bias.ptr, op = out.ptr
       for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
     }
-    let tile = Tensor(empty: [min(bf16TileRows, outF), inF])  // (tile, in) float32
-    for j0 in stride(from: 0, to: outF, by: bf16TileRows) {
-      let rows = min(bf16TileRows, outF - j0)
-      Kernels.bf16ToFloat(out: tile.ptr, inp: weight.bits + j0 * inF, count: rows * inF)
-      sgemm(transA: false, transB: true, m: n, n: rows, k: inF, a: x.ptr, lda: inF, b: tile.ptr, ldb: inF,
-            beta: bias == nil ? 0 : 1, c: out.ptr + j0, ldc: outF)
+    let xp = x.ptr, op = out.ptr, beta: Float = bias == nil ? 0 : 1
+    parallelOverBLASCalls(tiles, grain: 1) { mine in
+      let tile = Tensor(empty: [min(bf16TileRows, outF), inF])  // (tile, in) float32
+      for t in mine {
+        let j0 = t * bf16TileRows, rows = min(bf16TileRows, outF - j0)
+        Kernels.bf16ToFloat(out: tile.ptr, inp: weight.bits + j0 * inF, count: rows * inF)
+        sgemm(transA: false, transB: true, m: n, n: rows, k: inF, a: xp, lda: inF, b: tile.ptr, ldb: inF,
+              beta: beta, c: op + j0, ldc: outF)
+      }
     }
   }
   let inputs = bias.map { [x, $0] } ?? [x]
   return out.record(inputs) { _, g in
-    if x.requiresGrad {  // dx (N, in) += dy (N, out) · W (out, in), a tile of W at a time
+    if x.requiresGrad {  // dx (N, in) += dy (N, out) · W (out, in)
       let dx = x.gradPointer()
-      let tile = Tensor(empty: [min(bf16TileRows, outF), inF])
-      for j0 in stride(from: 0, to: outF, by: bf16TileRows) {
-        let rows = min(bf16TileRows, outF - j0)
-        Kernels.bf16ToFloat(out: tile.ptr, inp: weight.bits + j0 * inF, count: rows * inF)
-        sgemm(transA: false, transB: false, m: n, n: inF, k: rows, a: g + j0, lda: outF, b: tile.ptr, ldb: inF,
-              beta: 1, c: dx, ldc: inF)
+      let workers = min(Threads.count, tiles)
+      let shares = (1..<max(workers, 1)).map { _ in Tensor.zeros([n, inF]) }  // (N, in) per extra worker
+      let chunk = (tiles + workers - 1) / workers
+      parallelOverBLASCalls(workers, grain: 1) { ws in
+        let tile = Tensor(empty: [min(bf16TileRows, outF), inF])
+        for w in ws {
+          let sum = w == 0 ? dx : shares[w - 1].ptr
+          for t in (w * chunk)..<min(tiles, (w + 1) * chunk) {
+            let j0 = t * bf16TileRows, rows = min(bf16TileRows, outF - j0)
+            Kernels.bf16ToFloat(out: tile.ptr, inp: weight.bits + j0 * inF, count: rows * inF)
+            sgemm(transA: false, transB: false, m: n, n: inF, k: rows, a: g + j0, lda: outF, b: tile.ptr, ldb: inF,
+                  beta: 1, c: sum, ldc: inF)
+          }
+        }
       }
+      for share in shares { let sp = share.ptr; for i in 0..<(n * inF) { dx[i] += sp[i] } }
     }
     if let bias, bias.requiresGrad {
       let gb = bias.gradPointer()
       for r in 0..<n { let row = g + r * outF; for j in 0..<outF { gb[j] += row[j] } }
     }
   }
+}
+
+/// Rows of a bfloat16 embedding table (V, C) for ids, widened: (ids…, C). The table is frozen,
+/// so nothing is recorded for it.
+public func embedding(_ ids: [Int32], shape idsShape: [Int], weight: BF16Matrix) -> Tensor {
+  let c = weight.cols, v = weight.rows
+  precondition(ids.count == idsShape.reduce(1, *), "embedding: \(ids.count) ids for shape \(idsShape)")
+  let out = Tensor(empty: idsShape + [c])
+  for (r, id) in ids.enumerated() {
+    precondition(id >= 0 && Int(id) < v, "token id \(id) outside the embedding table of \(v) rows")
+    Kernels.bf16ToFloat(out: out.ptr + r * c, inp: weight.bits + Int(id) * c, count: c)
+  }
+  return out
 }

@@ -76,14 +76,14 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
   if let bias { precondition(bias.shape == [outF], "linear bias \(bias.shape) for \(outF) outputs") }
   let n = x.count / inF
   let out = Tensor(empty: Array(x.shape.dropLast()) + [outF])
-  if let bias {
-    // Seed C with the bias and let the GEMM accumulate onto it (beta = 1).
-    let bp = bias.ptr, op = out.ptr
-    for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
-  }
   if n == 1 {  // one row (decode): a GEMV streams W once, where SGEMM would pack it first
-    sgemv(trans: false, m: outF, n: inF, a: weight.ptr, lda: inF, x: x.ptr, beta: bias == nil ? 0 : 1, y: out.ptr)
+    Kernels.gemvF32(out: out.ptr, weight: weight.ptr, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
   } else {
+    if let bias {
+      // Seed C with the bias and let the GEMM accumulate onto it (beta = 1).
+      let bp = bias.ptr, op = out.ptr
+      for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
+    }
     sgemm(transA: false, transB: true, m: n, n: outF, k: inF, a: x.ptr, lda: inF, b: weight.ptr, ldb: inF,
           beta: bias == nil ? 0 : 1, c: out.ptr, ldc: outF)
   }

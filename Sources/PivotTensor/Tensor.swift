@@ -21,6 +21,8 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
   public var retainsGrad = false
   var node: BackwardNode?
   public var name: String?
+  /// Set when a frozen (R, C) parameter keeps only bfloat16 values (`keepOnlyBF16`).
+  public internal(set) var bf16Values: BF16Matrix?
 
   public init(storage: Storage, offset: Int = 0, shape: [Int], requiresGrad: Bool = false) {
     let n = shape.reduce(1, *)
@@ -84,6 +86,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
   /// Used once, when parameters are packed into a flat buffer.
   public func rebind(to storage: Storage, offset: Int) {
     precondition(offset + count <= storage.capacity)
+    precondition(bf16Values == nil, "a bfloat16-only parameter has no float32 values to move")
     (storage.base + offset).update(from: ptr, count: count)
     self.storage = storage
     self.offset = offset
@@ -94,6 +97,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     precondition(offset + count <= storage.capacity)
     self.storage = storage
     self.offset = offset
+    bf16Values = nil
   }
 
   public func copy(from other: Tensor) {

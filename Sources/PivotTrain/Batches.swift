@@ -43,6 +43,8 @@ public protocol BatchSource: AnyObject {
 /// What the trainer needs of a model.
 public protocol TrainableModel: Module {
   func loss(_ batch: TrainBatch) -> (loss: Tensor, counted: Int)
+  /// Frozen weights keep only a bfloat16 copy from now on; returns the bytes given back.
+  @discardableResult func storeFrozenWeightsInBF16() -> Int
 }
 
 extension ChatModel: TrainableModel {

@@ -15,7 +15,8 @@ public enum LoadedModel {
 
 public enum ModelLoader {
   /// One loader serves every kind of folder; the tokenizer folder is where `tokenizer.json` lives.
-  public static func load(_ dir: String) throws -> (model: LoadedModel, tokenizerFolder: String?) {
+  /// `keepingBF16` (inference) keeps an HF LLM folder's BF16 matrices as their mapped bits.
+  public static func load(_ dir: String, keepingBF16: Bool = false) throws -> (model: LoadedModel, tokenizerFolder: String?) {
     let fm = FileManager.default
     if dir.hasSuffix(".yaml") || dir.hasSuffix(".yml") {
       // A recipe's starting point, untrained: what "before training" measures.
@@ -48,7 +49,7 @@ public enum ModelLoader {
       if let llm = built.model as? DecoderLM { return (.llm(llm), has("tokenizer.json") ? dir : tokenizerFolder) }
     }
     if has("config.json") {
-      return (.llm(try DecoderLM.load(folder: dir)), dir)
+      return (.llm(try DecoderLM.load(folder: dir, keepingBF16: keepingBF16)), dir)
     }
     throw ModelLoadError(file: dir, reason: "not a model folder", hint: "expected pivot_config.json (Pivot model), state.json (checkpoint) or config.json (HF LLM)")
   }

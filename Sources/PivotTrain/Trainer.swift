@@ -83,6 +83,7 @@ public final class Trainer {
     try model.freeze()
     try model.unfreeze(recipe.trainablePatterns)
     if !recipe.frozen.isEmpty { try model.freeze(recipe.frozen) }
+    if recipe.model.frozenDtype == "bf16" { model.storeFrozenWeightsInBF16() }
     optimizer = AdamW(parameters: model.trainableParameters(), groups: recipe.parameterGroups,
                       beta1: Float(recipe.optimizer.beta1), beta2: Float(recipe.optimizer.beta2), eps: Float(recipe.optimizer.eps))
     rng = PivotRNG(seed: recipe.seed)
@@ -104,7 +105,7 @@ public final class Trainer {
       } else {
         rows[key]!.frozen += t.count
       }
-      rows[key]!.weightBytes += t.count * 4
+      rows[key]!.weightBytes += t.count * (t.bf16Values == nil ? 4 : 2)
     }
     return order.map { rows[$0]! }
   }

@@ -15,7 +15,10 @@ final class Assistant {
   let image: ImagePreprocessing?
   let stopIds: Set<Int32>
 
-  init(modelDir: String, chatTemplate: String? = nil) throws {
+  /// `dtype`: `auto` computes with the checkpoint's own precision (a BF16 LLM folder from its
+  /// mapped bits, float32 otherwise), `fp32` widens everything, `bf16` rounds every weight of the LLM and the vision tower.
+  init(modelDir: String, chatTemplate: String? = nil, dtype: String = "auto") throws {
+    guard ["auto", "fp32", "bf16"].contains(dtype) else { throw ValidationError("--dtype must be auto, fp32 or bf16, not '\(dtype)'") }
     // The tokenizer beside the weights loads on another thread while the weights load: for a
     // 0.5 B model that is most of a second off the time to the first token.
     final class Pending: @unchecked Sendable { var tokenizer: Tokenizer? }
@@ -24,7 +27,13 @@ final class Assistant {
     if FileManager.default.fileExists(atPath: (modelDir as NSString).appendingPathComponent("tokenizer.json")) {
       DispatchQueue.global().async(group: loading) { pending.tokenizer = try? Tokenizer(contentsOf: URL(fileURLWithPath: modelDir)) }
     }
-    let (model, folder) = try ModelLoader.load(modelDir)
+    let (model, folder) = try ModelLoader.load(modelDir, keepingBF16: dtype != "fp32")
+    try model.module.freeze()  // inference: nothing trains, so frozen storage and fused products apply
+    if dtype == "bf16" { model.module.storeFrozenWeightsInBF16() }
+    switch model {
+    case .llm(let m): m.stackFrozenProjections()
+    case .chat(let m): m.languageModel.stackFrozenProjections()
+    }
     loading.wait()
     self.model = model
     guard let folder, FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent("tokenizer.json")) else {
@@ -130,12 +139,13 @@ struct Chat: ParsableCommand {
   @Option(help: "System prompt.") var system: String?
   @Option(help: "Chat template (chatml, llama3, plain); default: the tokenizer's.") var chatTemplate: String?
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+  @Option(help: "Weights: auto (the checkpoint's own precision), fp32, or bf16 (half the bytes per token).") var dtype = "auto"
   @OptionGroup var sampling: SamplingOptions
 
   func run() throws {
     Threads.set(threads)
     let started = Date()
-    let a = try Assistant(modelDir: model, chatTemplate: chatTemplate)
+    let a = try Assistant(modelDir: model, chatTemplate: chatTemplate, dtype: dtype)
     var pixels = try image.map { try a.pixels(jpegAt: $0) }
     var history: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
     func ask(_ text: String, withImage: Bool) throws {
@@ -200,11 +210,12 @@ struct Caption: ParsableCommand {
   @Option(help: "Output JSONL.") var out: String
   @Option(help: "The instruction given with each image.") var prompt = "Describe the image."
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+  @Option(help: "Weights: auto (the checkpoint's own precision), fp32, or bf16.") var dtype = "auto"
   @OptionGroup var sampling: SamplingOptions
 
   func run() throws {
     Threads.set(threads)
-    let a = try Assistant(modelDir: model)
+    let a = try Assistant(modelDir: model, dtype: dtype)
     guard a.hasVision else { throw ValidationError("\(model) has no vision tower") }
     FileManager.default.createFile(atPath: out, contents: nil)
     guard let handle = FileHandle(forWritingAtPath: out) else { throw ValidationError("cannot write \(out)") }

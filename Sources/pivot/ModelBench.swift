@@ -108,7 +108,7 @@ struct ModelBench {
     var trainable = ["query_tokens", "qformer.*", "language_projection.*"]
     if stage == 2 { trainable.append("language_model.*") }
     try model.unfreeze(trainable)
-    if dtype == "bf16" { model.languageModel.storeFrozenWeightsInBF16() }
+    if dtype == "bf16" { model.storeFrozenWeightsInBF16() }
     let optimizer = AdamW(parameters: model.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
     let buildSeconds = BenchClock.now() - t0
     BufferPool.shared.drain()
@@ -178,7 +178,7 @@ struct ModelBench {
   func inferenceSetup() throws -> Setup {
     let s = try build(batch: 1)
     try s.model.freeze()
-    if dtype == "bf16" { s.model.languageModel.storeFrozenWeightsInBF16() }
+    if dtype == "bf16" { s.model.storeFrozenWeightsInBF16() }
     s.model.languageModel.stackFrozenProjections()
     BufferPool.shared.drain()
     return s

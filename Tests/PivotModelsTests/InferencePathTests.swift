@@ -57,17 +57,52 @@ struct InferencePathTests {
       guard let lin = l as? Linear else { continue }
       lin.weight.copy(from: BF16Matrix(lin.weight).toTensor())
     }
-    if config.tieWordEmbeddings {
-      // The lookup reads the float32 table, the tied head its bfloat16 copy: round the table in
-      // both models so that only the head's storage differs.
-      for w in [rounded.model.embedTokens.weight, m.model.embedTokens.weight] { w.copy(from: BF16Matrix(w).toTensor()) }
-    }
-    m.storeFrozenWeightsInBF16()
+    let table = rounded.model.embedTokens.weight  // the frozen table keeps only bfloat16 too
+    table.copy(from: BF16Matrix(table).toTensor())
+    let given = m.storeFrozenWeightsInBF16()
+    #expect(given == m.namedParameters().filter { $0.1.rank == 2 }.reduce(0) { $0 + $1.1.count * 2 })
+    #expect(m.namedParameters().allSatisfy { ($0.1.rank == 2) == ($0.1.bf16Values != nil) }, "every matrix bfloat16-only, every vector float32")
     m.stackFrozenProjections()
     let bf16 = Self.cachedLogits(m, config, prompt: prompt, steps: 6)
     let ref = Self.cachedLogits(rounded, config, prompt: prompt, steps: 6)
     for (i, (a, b)) in zip(bf16, ref).enumerated() {
       #expect(maxDiff(a, b) < 1e-4, "step \(i): bf16 logits differ by \(maxDiff(a, b))")
+    }
+  }
+
+  /// A BF16 checkpoint loaded for inference keeps its mapped bits (no float32 copy), gives the
+  /// logits of the same checkpoint widened to float32, exports back to the same values, and
+  /// refuses to train.
+  @Test(arguments: ["qwen2_tiny", "llama_tiny"])
+  func bf16CheckpointIsUsedInPlace(_ name: String) throws {
+    let (m, config, prompt) = try Self.load(name)
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pivot-bf16-\(name)-\(getpid())").path
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    try m.save(folder: dir, dtype: .bf16)
+
+    let widened = try DecoderLM.load(folder: dir)
+    try widened.freeze()
+    let kept = try DecoderLM.load(folder: dir, keepingBF16: true)
+    for (param, t) in kept.namedParameters() {
+      #expect((t.rank == 2) == (t.bf16Values != nil), "\(param): matrices stay bfloat16, vectors widen")
+      #expect(!t.requiresGrad || t.rank == 1, "\(param): bfloat16-only parameters are frozen")
+    }
+    try kept.freeze()
+    #expect(throws: ModuleError.self) { try kept.unfreeze(["model.layers.0.mlp.*"]) }
+
+    kept.stackFrozenProjections()
+    let a = Self.cachedLogits(kept, config, prompt: prompt, steps: 6)
+    let b = Self.cachedLogits(widened, config, prompt: prompt, steps: 6)
+    for (i, (x, y)) in zip(a, b).enumerated() {
+      #expect(maxDiff(x, y) < 1e-4, "step \(i): logits differ by \(maxDiff(x, y))")
+    }
+
+    let back = dir + "-f32"
+    defer { try? FileManager.default.removeItem(atPath: back) }
+    try kept.save(folder: back)
+    let reloaded = Dictionary(uniqueKeysWithValues: try DecoderLM.load(folder: back).namedParameters())
+    for (param, t) in widened.namedParameters() {
+      #expect(maxDiff(reloaded[param]!, t) == 0, "\(param) exported from bfloat16-only storage")
     }
   }
 }

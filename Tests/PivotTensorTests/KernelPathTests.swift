@@ -48,8 +48,9 @@ struct KernelPathTests {
     #expect(okX, "bf16 linear input gradient: max diff \(dX)")
   }
 
-  /// A one-row float32 linear goes through SGEMV; it must equal that row of the SGEMM result.
-  @Test(arguments: [(67, 300), (896, 4864)])
+  /// A one-row float32 linear goes through Pivot's GEMV; it must equal that row of the SGEMM
+  /// result. Widths cover every tail of the 16- and 8-wide loops, row counts the 4-row blocks.
+  @Test(arguments: [(67, 300), (896, 4864), (8, 5), (24, 7), (16, 2), (3, 9), (4099, 3)])
   func gemvRowMatchesGemm(inF: Int, outF: Int) {
     let w = Self.random([outF, inF], seed: 5)
     let bias = Self.random([outF], seed: 6)
@@ -90,7 +91,8 @@ struct KernelPathTests {
     let x = Self.random([2, 40], seed: 9)
     layer.storeWeightInBF16()
     let y = noGrad { layer(x) }
-    let ref = noGrad { linear(x, layer.weightBF16!.toTensor(), layer.bias) }
+    #expect(layer.weight.bf16Values != nil, "the float32 weight is given back")
+    let ref = noGrad { linear(x, layer.weight.floatValues(), layer.bias) }
     let (ok, d) = compare(y, ref, atol: 1e-6, rtol: 1e-6)
     #expect(ok, "max diff \(d)")
   }

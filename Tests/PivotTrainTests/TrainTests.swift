@@ -43,9 +43,10 @@ func tempDir(_ tag: String) -> String {
   return d
 }
 
-func recipe(output: String, steps: Int, saveEvery: Int = 0) throws -> Recipe {
+func recipe(output: String, steps: Int, saveEvery: Int = 0, extra: String = "") throws -> Recipe {
   try Recipe.parse("""
     stage: text
+    \(extra)
     seed: 3
     batch_size: 2
     max_steps: \(steps)
@@ -98,6 +99,34 @@ struct TrainTests {
     #expect(FileManager.default.fileExists(atPath: part + "/loss.svg"))
     let cmp = MetricsLog.compare(run: part + "/metrics.jsonl", reference: full + "/metrics.jsonl")
     #expect(cmp?.maxAbs == 0 && cmp?.steps == 8)
+  }
+
+  /// `model.frozen_dtype: bf16`: frozen matrices keep only bfloat16 (half the bytes in the
+  /// parameter table), trainable ones stay float32, and the run learns as the float32 run does.
+  @Test func frozenWeightsInBF16() throws {
+    let dir = tempDir("bf16")
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let frozen = "frozen: [\"model.embed_tokens.*\", \"model.layers.0.*\"]"
+    var losses: [String: [Double]] = [:]
+    for dtype in ["f32", "bf16"] {
+      let model = tinyDecoder()
+      let r = try recipe(output: dir + "-" + dtype, steps: 6, extra: "\(frozen)\nmodel:\n  frozen_dtype: \(dtype)")
+      let t = try Trainer(recipe: r, model: model, source: SyntheticSource(seed: 9, vocab: 48))
+      for (name, p) in model.namedParameters() {
+        let half = dtype == "bf16" && !p.requiresGrad && p.rank == 2
+        #expect((p.bf16Values != nil) == half, "\(dtype): \(name)")
+      }
+      let frozenBytes = t.parameterRows().reduce(0) { $0 + $1.weightBytes }
+      let full = model.namedParameters().reduce(0) { $0 + $1.1.count * 4 }
+      let halved = model.namedParameters().filter { !$0.1.requiresGrad && $0.1.rank == 2 }.reduce(0) { $0 + $1.1.count * 2 }
+      #expect(frozenBytes == (dtype == "bf16" ? full - halved : full))
+      try t.run { if case .step(let m) = $0 { losses[dtype, default: []].append(m.loss) } }
+      try? FileManager.default.removeItem(atPath: dir + "-" + dtype)
+    }
+    let (a, b) = (losses["f32"]!, losses["bf16"]!)
+    #expect(a.count == 6 && b.count == 6)
+    // bfloat16 keeps 8 bits of mantissa: the frozen half of the model moves each loss a little.
+    for (x, y) in zip(a, b) { #expect(abs(x - y) < 2e-2 * abs(x), "f32 \(x) vs bf16 \(y)") }
   }
 
   @Test func interruptedCheckpointWriteLeavesThePreviousOne() throws {
