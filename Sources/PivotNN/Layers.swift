@@ -51,7 +51,7 @@ public final class StackedLinear: @unchecked Sendable {
     bias = hasBias ? Tensor(empty: [total]) : nil
     var row = 0
     if half {
-      let stacked = BF16Matrix(stacking: layers.map { $0.weight.bf16Values! })
+      let stacked = BF16Matrix.stacking(layers.map { $0.weight.bf16Values! })
       for l in layers {
         l.weight.keepOnlyBF16(BF16Matrix(rowsOf: stacked, row..<(row + l.weight.shape[0])))
         row += l.weight.shape[0]

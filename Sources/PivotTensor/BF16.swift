@@ -54,16 +54,21 @@ public final class BF16Matrix: @unchecked Sendable {
     owner = parent
   }
 
-  /// The row blocks of `parts` (equal column counts) one after another.
-  public convenience init(stacking parts: [BF16Matrix]) {
-    let cols = parts[0].cols
+  /// The row blocks of `parts` (equal column counts) one after another. Parts that already
+  /// follow each other in memory (gate and up of an HF checkpoint, mapped) are viewed, not copied.
+  public static func stacking(_ parts: [BF16Matrix]) -> BF16Matrix {
+    let cols = parts[0].cols, rows = parts.reduce(0) { $0 + $1.rows }
     precondition(parts.allSatisfy { $0.cols == cols }, "stacked bfloat16 matrices need equal column counts")
-    self.init(rows: parts.reduce(0) { $0 + $1.rows }, cols: cols)
+    if zip(parts, parts.dropFirst()).allSatisfy({ $0.bits + $0.rows * cols == $1.bits }) {
+      return BF16Matrix(borrowing: parts[0].bits, rows: rows, cols: cols, owner: Owners(parts))
+    }
+    let m = BF16Matrix(rows: rows, cols: cols)
     var row = 0
     for p in parts {
-      (allocated! + row * cols).update(from: p.bits, count: p.rows * cols)
+      (m.allocated! + row * cols).update(from: p.bits, count: p.rows * cols)
       row += p.rows
     }
+    return m
   }
 
   deinit { if let allocated { free(allocated) } }
@@ -77,6 +82,12 @@ public final class BF16Matrix: @unchecked Sendable {
     }
     return t
   }
+}
+
+/// Keeps the matrices a stacked view borrows from alive.
+private final class Owners {
+  let parts: [BF16Matrix]
+  init(_ parts: [BF16Matrix]) { self.parts = parts }
 }
 
 /// An address range with no access rights, standing in for float32 values that were given back:
@@ -213,11 +224,80 @@ extension Kernels {
     gemv(Float.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k)
   }
 
-  /// out (M) = W (M, K) · inp (K) [+ bias], W bfloat16 bits.
+  /// out (M) = W (M, K) · inp (K) [+ bias], W bfloat16 bits. For even K, each 32-bit load holds
+  /// two weights: `<< 16` makes the even one a float32 and `& 0xFFFF0000` the odd one, so
+  /// widening costs two bit operations per 16 weights, against inputs split into even and odd lanes once per call.
   public static func gemvBF16(
     out: UnsafeMutablePointer<Float>, weight: UnsafePointer<UInt16>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?, m: Int, k: Int
   ) {
-    gemv(UInt16.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k)
+    guard k % 2 == 0, k >= 32 else {
+      gemv(UInt16.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k)
+      return
+    }
+    let half = k / 2
+    let split = UnsafeMutablePointer<Float>.allocate(capacity: k)  // (2, K/2): even lanes, then odd lanes
+    defer { split.deallocate() }
+    for i in 0..<half { split[i] = inp[2 * i]; split[half + i] = inp[2 * i + 1] }
+    let even = UnsafePointer(split), odd = UnsafePointer(split + half)
+    let h8 = half & ~7
+    @inline(__always) func dot(_ row: UnsafePointer<UInt16>) -> Float {
+      let pairs = UnsafeRawPointer(row)
+      var a = SIMD8<Float>(), b = SIMD8<Float>()
+      var i = 0
+      while i < h8 {
+        let u = pairs.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+        a.addProduct(unsafeBitCast(u &<< 16, to: SIMD8<Float>.self), UnsafeRawPointer(even + i).loadUnaligned(as: SIMD8<Float>.self))
+        b.addProduct(unsafeBitCast(u & 0xFFFF_0000, to: SIMD8<Float>.self), UnsafeRawPointer(odd + i).loadUnaligned(as: SIMD8<Float>.self))
+        i += 8
+      }
+      var s = (a + b).sum()
+      while i < half {
+        s += Float(bitPattern: UInt32(row[2 * i]) << 16) * even[i] + Float(bitPattern: UInt32(row[2 * i + 1]) << 16) * odd[i]
+        i += 1
+      }
+      return s
+    }
+    parallelFor(m, grain: max(4, 65536 / k)) { rows in
+      var r = rows.lowerBound
+      // Four rows per pass: four weight streams in flight (decode waits on memory, not arithmetic).
+      while r + 4 <= rows.upperBound {
+        let w0 = UnsafeRawPointer(weight + r * k), w1 = w0 + 2 * k, w2 = w1 + 2 * k, w3 = w2 + 2 * k
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+        var i = 0
+        while i < h8 {
+          let xe = UnsafeRawPointer(even + i).loadUnaligned(as: SIMD8<Float>.self)
+          let xo = UnsafeRawPointer(odd + i).loadUnaligned(as: SIMD8<Float>.self)
+          let u0 = w0.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+          let u1 = w1.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+          let u2 = w2.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+          let u3 = w3.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+          a0.addProduct(unsafeBitCast(u0 &<< 16, to: SIMD8<Float>.self), xe)
+          a1.addProduct(unsafeBitCast(u1 &<< 16, to: SIMD8<Float>.self), xe)
+          a2.addProduct(unsafeBitCast(u2 &<< 16, to: SIMD8<Float>.self), xe)
+          a3.addProduct(unsafeBitCast(u3 &<< 16, to: SIMD8<Float>.self), xe)
+          a0.addProduct(unsafeBitCast(u0 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+          a1.addProduct(unsafeBitCast(u1 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+          a2.addProduct(unsafeBitCast(u2 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+          a3.addProduct(unsafeBitCast(u3 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+          i += 8
+        }
+        var sums = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
+        for q in 0..<4 {
+          let p = weight + (r + q) * k
+          var j = i
+          while j < half {
+            sums[q] += Float(bitPattern: UInt32(p[2 * j]) << 16) * even[j] + Float(bitPattern: UInt32(p[2 * j + 1]) << 16) * odd[j]
+            j += 1
+          }
+          out[r + q] = sums[q] + (bias?[r + q] ?? 0)
+        }
+        r += 4
+      }
+      while r < rows.upperBound {
+        out[r] = dot(weight + r * k) + (bias?[r] ?? 0)
+        r += 1
+      }
+    }
   }
 }
 

@@ -2,9 +2,94 @@ import Foundation
 
 /// The tokenizer.json `model` of type BPE: vocabulary, ranked merges, and the options byte-level and
 /// SentencePiece-style files use (byte fallback, unknown token, ignore_merges, subword prefix/suffix).
+/// Token spellings (UTF-8 bytes) → ids: an open-addressing table over one byte arena. A
+/// dictionary keyed by `[UInt8]` hashed byte by byte and chased a heap buffer per probe, which
+/// made loading a 150k-token vocabulary (three lookups per merge) take most of a second.
+struct ByteVocabulary: Sendable {
+  private struct Slot {
+    var hash: UInt64 = 0
+    var start: Int32 = 0
+    var length: Int32 = 0
+    var id: Int32 = -1  // -1: empty
+  }
+  private var arena: [UInt8] = []
+  private var slots: [Slot]
+  private(set) var count = 0
+
+  init(minimumCapacity: Int = 0) {
+    var size = 16
+    while size < minimumCapacity * 2 { size <<= 1 }
+    slots = Array(repeating: Slot(), count: size)
+  }
+
+  /// FNV-1a, 64-bit (short keys, no setup cost), then a finalising mix so that the low bits
+  /// used as the slot index spread well (linear probing clusters on weak low bits).
+  private static func hash(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    h ^= h >> 33
+    h = h &* 0xff51_afd7_ed55_8ccd
+    h ^= h >> 33
+    return h
+  }
+
+  /// The id of a spelling given as raw bytes (no array needed).
+  func id(_ bytes: UnsafeBufferPointer<UInt8>) -> Int32? {
+    let s = slots[find(bytes, hash: Self.hash(bytes))]
+    return s.id < 0 ? nil : s.id
+  }
+
+  /// The slot holding `bytes`, or the empty slot where they would go.
+  private func find(_ bytes: UnsafeBufferPointer<UInt8>, hash h: UInt64) -> Int {
+    let mask = slots.count - 1
+    var i = Int(truncatingIfNeeded: h) & mask
+    return arena.withUnsafeBufferPointer { a in
+      while true {
+        let s = slots[i]
+        if s.id < 0 { return i }
+        if s.hash == h && Int(s.length) == bytes.count
+          && (bytes.isEmpty || memcmp(a.baseAddress! + Int(s.start), bytes.baseAddress!, bytes.count) == 0) {
+          return i
+        }
+        i = (i + 1) & mask
+      }
+    }
+  }
+
+  subscript(bytes: [UInt8]) -> Int32? {
+    get { bytes.withUnsafeBufferPointer { id($0) } }
+    set {
+      guard let id = newValue else { preconditionFailure("ByteVocabulary does not remove entries") }
+      if (count + 1) * 2 > slots.count { grow() }
+      bytes.withUnsafeBufferPointer { b in
+        let h = Self.hash(b)
+        let i = find(b, hash: h)
+        if slots[i].id < 0 {
+          slots[i] = Slot(hash: h, start: Int32(arena.count), length: Int32(b.count), id: id)
+          arena.append(contentsOf: b)
+          count += 1
+        } else {
+          slots[i].id = id
+        }
+      }
+    }
+  }
+
+  private mutating func grow() {
+    let old = slots
+    slots = Array(repeating: Slot(), count: old.count * 2)
+    let mask = slots.count - 1
+    for s in old where s.id >= 0 {
+      var i = Int(truncatingIfNeeded: s.hash) & mask
+      while slots[i].id >= 0 { i = (i + 1) & mask }
+      slots[i] = s
+    }
+  }
+}
+
 final class BPEModel: Sendable {
   /// Token text (as UTF-8 bytes, so canonically-equivalent spellings stay distinct) → id.
-  let vocab: [[UInt8]: Int32]
+  let vocab: ByteVocabulary
   /// id → token text; empty where the vocabulary has a gap.
   let tokens: [String]
   /// (left id << 32 | right id) → (rank << 32 | merged id).
@@ -24,8 +109,7 @@ final class BPEModel: Sendable {
     guard let vocabObject = node.object["vocab"] as? [String: Any] else {
       throw TokenizerError.missingField(component: "model", field: "vocab", file: file)
     }
-    var vocab: [[UInt8]: Int32] = [:]
-    vocab.reserveCapacity(vocabObject.count)
+    var vocab = ByteVocabulary(minimumCapacity: vocabObject.count)
     var maxID = -1
     for (token, value) in vocabObject {
       guard let id = (value as? NSNumber)?.intValue, id >= 0, id < Int(Int32.max) else {
@@ -44,26 +128,29 @@ final class BPEModel: Sendable {
     }
     var merges: [UInt64: UInt64] = [:]
     merges.reserveCapacity(mergeList.count)
+    var joined: [UInt8] = []  // left + right, reused across merges
     for (rank, entry) in mergeList.enumerated() {
-      let left: String
-      let right: String
+      let pair: (String, String)
       if let line = entry as? String {
         // Legacy form "a b"; tokens never contain a space in byte-level vocabularies.
         let parts = line.split(separator: " ", omittingEmptySubsequences: false)
         guard parts.count == 2 else { throw node.fail("merge \"\(line)\" is not two tokens separated by one space") }
-        left = String(parts[0])
-        right = String(parts[1])
-      } else if let pair = entry as? [Any], pair.count == 2, let a = pair[0] as? String, let b = pair[1] as? String {
-        left = a
-        right = b
+        pair = (String(parts[0]), String(parts[1]))
+      } else if let list = entry as? [Any], list.count == 2, let a = list[0] as? String, let b = list[1] as? String {
+        pair = (a, b)
       } else {
         throw node.fail("merge #\(rank) is neither \"a b\" nor [\"a\", \"b\"]")
       }
-      let shown = "\(left) \(right)"
-      guard let leftID = vocab[Array(left.utf8)] else { throw TokenizerError.unknownMergeToken(merge: shown, token: left, file: file) }
-      guard let rightID = vocab[Array(right.utf8)] else { throw TokenizerError.unknownMergeToken(merge: shown, token: right, file: file) }
-      guard let mergedID = vocab[Array((left + right).utf8)] else {
-        throw TokenizerError.unknownMergeToken(merge: shown, token: left + right, file: file)
+      // Looked up as bytes in place: three lookups for each of ~150k merges are most of the load.
+      let leftID = pair.0.utf8.withContiguousStorageIfAvailable { vocab.id($0) } ?? vocab[Array(pair.0.utf8)]
+      let rightID = pair.1.utf8.withContiguousStorageIfAvailable { vocab.id($0) } ?? vocab[Array(pair.1.utf8)]
+      joined.removeAll(keepingCapacity: true)
+      joined.append(contentsOf: pair.0.utf8)
+      joined.append(contentsOf: pair.1.utf8)
+      guard let leftID else { throw TokenizerError.unknownMergeToken(merge: "\(pair.0) \(pair.1)", token: pair.0, file: file) }
+      guard let rightID else { throw TokenizerError.unknownMergeToken(merge: "\(pair.0) \(pair.1)", token: pair.1, file: file) }
+      guard let mergedID = vocab[joined] else {
+        throw TokenizerError.unknownMergeToken(merge: "\(pair.0) \(pair.1)", token: pair.0 + pair.1, file: file)
       }
       let key = UInt64(UInt32(leftID)) << 32 | UInt64(UInt32(rightID))
       if merges[key] == nil { merges[key] = UInt64(rank) << 32 | UInt64(UInt32(mergedID)) }

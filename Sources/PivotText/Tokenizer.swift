@@ -20,7 +20,7 @@ public struct TokenizerConfig: Sendable {
       throw TokenizerError.unreadable(file: url.path, reason: error.localizedDescription)
     }
     let object: Any
-    do { object = try JSONSerialization.jsonObject(with: data) } catch {
+    do { object = try FastJSON.parse(data) } catch {
       throw TokenizerError.malformedJSON(file: url.path, reason: "\(error)")
     }
     guard let dict = object as? [String: Any] else {
@@ -101,7 +101,7 @@ public final class Tokenizer: Sendable {
     self.source = source
     self.config = config
     let object: Any
-    do { object = try JSONSerialization.jsonObject(with: jsonData) } catch {
+    do { object = try FastJSON.parse(jsonData) } catch {
       throw TokenizerError.malformedJSON(file: source, reason: "\(error)")
     }
     guard let root = object as? [String: Any] else {

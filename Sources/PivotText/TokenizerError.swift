@@ -44,7 +44,11 @@ struct JSONNode {
 
   var type: String? { object["type"] as? String }
 
-  func has(_ key: String) -> Bool { object[key] != nil && !(object[key] is NSNull) }
+  /// Present and not null. Compares the dynamic type: `is NSNull` on a large array would bridge it to NSArray first.
+  func has(_ key: String) -> Bool {
+    guard let value = object[key] else { return false }
+    return ObjectIdentifier(Swift.type(of: value)) != ObjectIdentifier(NSNull.self)
+  }
 
   func string(_ key: String) throws -> String {
     guard let value = object[key] as? String else {
