@@ -67,9 +67,12 @@ public final class ProgressBar {
 /// Peak resident memory of this process in MiB (VmHWM), or 0 where /proc is absent.
 public func peakResidentMiB() -> Double {
   guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-  for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-    let digits = line.split(separator: " ").compactMap { Double($0) }
-    if let kib = digits.first { return kib / 1024 }
-  }
+  for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") { return kibibytesToMiB(statusLine: line) }
   return 0
+}
+
+/// "VmHWM:\t  812345 kB" → MiB: a tab, then padding spaces only while the number is under 8 digits.
+func kibibytesToMiB(statusLine line: Substring) -> Double {
+  let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+  return fields.compactMap { Double($0) }.first.map { $0 / 1024 } ?? 0
 }

@@ -21,7 +21,9 @@ struct Bench: ParsableCommand {
   @Option(help: "Benchmark scale (tiny, small, qwen0.5b) for model phases.") var scale: String = "small"
   @Option(help: "Directory of <scale>/{vision,qformer,llm,pivot}.json (default: ../shared/bench/configs from the repository root).")
   var configs: String?
-  @Option(help: "Storage of the decoder's frozen Linear weights: fp32 or bf16.") var dtype: String = "fp32"
+  @Option(help: "Storage of the frozen weights: fp32 or bf16.") var dtype: String = "fp32"
+  @Option(help: "Model phases: an HF LLM folder whose weights replace the random LLM (e.g. Assets/qwen2.5-0.5b-instruct at --scale qwen0.5b).")
+  var llmWeights: String?
   @Option(help: "Worker threads (Pivot and OpenBLAS).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Seconds of timed repetitions per measurement (gemm).") var seconds: Double = 1.5
   @Option(help: "Untimed warm-up repetitions (default: torch_ref.py's count for the scale and phase).") var warmup: Int?
@@ -60,7 +62,7 @@ struct Bench: ParsableCommand {
     default:
       try ModelBench(
         scale: scale, phase: phase, configDir: configs ?? Self.defaultConfigDir, threads: threads, dtype: dtype,
-        warmupOverride: warmup, repsOverride: reps
+        warmupOverride: warmup, repsOverride: reps, llmWeights: llmWeights
       ).run()
     }
   }

@@ -15,6 +15,8 @@ struct ModelBench {
   let dtype: String
   let warmupOverride: Int?
   let repsOverride: Int?
+  /// An HF LLM folder whose weights replace the random LLM (same shapes as the scale's llm.json).
+  let llmWeights: String?
 
   /// (warm-up, timed repetitions) per scale and phase, as torch_ref.py's DEFAULT_REPS.
   static let defaultReps: [String: [String: (Int, Int)]] = [
@@ -48,6 +50,10 @@ struct ModelBench {
     else { throw ValidationError("\(dir)/pivot.json needs num_query_tokens, batch_size, text_len and image_size") }
     let config = ChatModelConfig(vision: vision, qformer: qformer, decoder: decoder, numQueryTokens: q, imageSize: size)
     let model = ChatModel(config, seed: 0)
+    if let llmWeights {
+      let weights = DecoderLM.sanitize(try ModelFolder.weights(llmWeights), config: decoder)
+      try model.languageModel.load(weights, source: llmWeights, zeroCopy: true)
+    }
     let batch = overrideBatch ?? b
     var rng = PivotRNG(seed: 1234)
     let pixels = Tensor(empty: [batch, 3, size, size])
@@ -74,7 +80,7 @@ struct ModelBench {
 
   func common(_ s: Setup) -> [String: Any] {
     [
-      "scale": scale, "threads": threads, "blas_core": Threads.blasCore, "dtype": dtype, "impl": "pivot",
+      "scale": scale, "threads": threads, "blas_core": Threads.blasCore, "dtype": dtype, "impl": "pivot", "llm_weights": llmWeights ?? "random",
       "params_vision": s.model.visionTower.parameters().reduce(0) { $0 + $1.count },
       "params_qformer": s.model.qformer.parameters().reduce(0) { $0 + $1.count } + s.model.queryTokens.count,
       "params_proj": s.model.languageProjection.parameters().reduce(0) { $0 + $1.count },

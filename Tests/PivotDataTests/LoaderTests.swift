@@ -289,3 +289,13 @@ import Testing
     #expect(throws: DataError.self) { _ = try DataLoader(config: config, encoder: ByteEncoder(), resumeFrom: cursor) }
   }
 }
+
+/// Peak RSS from /proc/self/status, whose padding disappears from 8-digit values (≥ 9.5 GiB).
+@Suite("Peak RSS")
+struct PeakResidentTests {
+  @Test func statusLinesOfEveryWidth() {
+    #expect(kibibytesToMiB(statusLine: "VmHWM:\t  812345 kB") == 812345.0 / 1024)
+    #expect(kibibytesToMiB(statusLine: "VmHWM:\t12749824 kB") == 12451)
+    #expect(peakResidentMiB() > 1)
+  }
+}
