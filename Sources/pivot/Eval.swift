@@ -18,6 +18,7 @@ struct Eval: ParsableCommand {
   @Option(help: "Longest sequence for the loss.") var maxLength = 256
   @Option(help: "The instruction used with captions.") var captionPrompt = "Describe the image."
   @Option(help: "Sample answers to print per language.") var samples = 3
+  @Option(help: "Write every question with its expected and given answer to this JSON Lines file.") var answers: String?
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
 
   func run() throws {
@@ -71,6 +72,8 @@ struct Eval: ParsableCommand {
     options.maxNewTokens = 16
     let bar = ProgressBar(label: "questions", total: nil, unit: "images")
     var images = 0
+    // One line per question, so wrong answers can be tallied (e.g. which colour is taken for which).
+    var answerLines: [String] = []
     _ = try forEachSample(shards) { s in
       guard let js = s.first(of: ["json"]), let obj = try? JSONSerialization.jsonObject(with: Data(js)) as? [String: Any],
         let questions = obj["questions"] as? [[String: String]]
@@ -93,6 +96,12 @@ struct Eval: ParsableCommand {
           asked["\(lang)/\(kind)", default: 0] += 1
           if ok { right["\(lang)/\(kind)", default: 0] += 1 }
         }
+        if answers != nil {
+          var line: [String: Any] = ["key": s.key, "lang": lang, "question": question, "expected": answer, "reply": reply, "right": ok]
+          if let kind = q["kind"] { line["kind"] = kind }
+          let data = try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys, .withoutEscapingSlashes])
+          answerLines.append(String(decoding: data, as: UTF8.self))
+        }
         if examples[lang, default: []].count < samples {
           examples[lang, default: []].append("\(question) → \(reply)   [\(ok ? "right" : "wrong"), expected \(answer)]")
         }
@@ -101,6 +110,9 @@ struct Eval: ParsableCommand {
       bar.update(images)
     }
     bar.finish()
+    if let answers {
+      try (answerLines.joined(separator: "\n") + "\n").write(toFile: answers, atomically: true, encoding: .utf8)
+    }
     print("| language | questions | right | accuracy |")
     print("|---|---:|---:|---:|")
     var record: [String: Any] = ["phase": "eval", "model": model, "shards": shards]
