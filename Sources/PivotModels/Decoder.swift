@@ -157,9 +157,12 @@ public final class DecoderLM: Module, @unchecked Sendable {
   }
 
   /// Final norm and LM head on rows (N, C) → logits (N, V).
-  public func logits(_ hidden: Tensor) -> Tensor {
-    if let half = headWeight.bf16Values { return linear(model.norm(hidden), half) }
-    return linear(model.norm(hidden), headWeight)
+  public func logits(_ hidden: Tensor) -> Tensor { head(model.norm(hidden)) }
+
+  /// The LM head alone on normed rows (N, C) → (N, V).
+  func head(_ normed: Tensor) -> Tensor {
+    if let half = headWeight.bf16Values { return linear(normed, half) }
+    return linear(normed, headWeight)
   }
 
   /// HF's causal-LM loss over hidden (B, T, C) and unshifted labels (B·T, −100 = ignore):
@@ -176,6 +179,8 @@ public final class DecoderLM: Module, @unchecked Sendable {
     }
     if rows.isEmpty { return (sum(scale(hidden, 0)), 0) }
     let picked = gatherRows(hidden, rows: rows)  // (N, C)
-    return (crossEntropy(logits(picked), targets: targets), rows.count)
+    // Row blocks: the whole (N, V) logits and their gradient never exist at once.
+    let loss = chunkedHeadCrossEntropy(model.norm(picked), targets: targets, headParameters: [headWeight]) { [unowned self] in self.head($0) }
+    return (loss, rows.count)
   }
 }

@@ -74,6 +74,79 @@ public func crossEntropy(_ logits: Tensor, targets: [Int32], ignoreIndex: Int32 
   }
 }
 
+/// Mean cross-entropy of an LM head over x (N, C): `head` maps a row block (R, C) to its logits
+/// (R, V) with the head's parameters `headParameters`. Rows go through in blocks of `chunkRows`, so
+/// the (N, V) logits and their gradient never exist at once (256 rows × 151,936 logits are 155 MB
+/// each). A frozen head's gradient is all the input's: each block's is computed in the forward
+/// pass, unscaled, and scaled by the upstream gradient in backward. A trainable head recomputes
+/// each block's logits in backward (one more head GEMM) and accumulates its own gradient too.
+/// Equals `crossEntropy(head(x), targets)` up to summation order.
+public func chunkedHeadCrossEntropy(
+  _ x: Tensor, targets: [Int32], ignoreIndex: Int32 = -100, chunkRows: Int = 64, headParameters: [Tensor],
+  head: @escaping (Tensor) -> Tensor
+) -> Tensor {
+  let c = x.size(-1), n = x.count / c
+  precondition(targets.count == n, "cross-entropy: \(targets.count) targets for \(n) rows")
+  let headTrains = headParameters.contains { $0.requiresGrad }
+  let recording = GradMode.isEnabled && (x.requiresGrad || headTrains)
+  let blocks = stride(from: 0, to: n, by: chunkRows).map { $0..<min($0 + chunkRows, n) }
+
+  /// One block: its logits, their log-sum-exp, the summed loss and the counted rows.
+  func forward(_ rows: Range<Int>, grad: Bool) -> (block: Tensor, logits: Tensor, lse: Tensor, total: Double, counted: Int) {
+    let block = Tensor(empty: [rows.count, c])  // (R, C), a leaf
+    block.ptr.update(from: x.ptr + rows.lowerBound * c, count: rows.count * c)
+    block.requiresGrad = grad && x.requiresGrad
+    let logits = grad ? head(block) : noGrad { head(block) }  // (R, V)
+    let v = logits.size(-1)
+    let lse = Tensor(empty: [rows.count])
+    let (total, counted) = targets[rows].withUnsafeBufferPointer { t in
+      for id in t where id != ignoreIndex { precondition(id >= 0 && Int(id) < v, "cross-entropy target \(id) outside the vocabulary of \(v)") }
+      return Kernels.crossEntropyForward(lse: lse.ptr, logits: logits.ptr, targets: t.baseAddress!, n: rows.count, v: v, ignoreIndex: ignoreIndex)
+    }
+    return (block, logits, lse, total, counted)
+  }
+
+  /// Backpropagates dloss · (softmax − onehot) of one block through the head: into the head's
+  /// gradients when it trains, and returns the block's input gradient (R, C) when x needs one.
+  func backward(_ rows: Range<Int>, _ f: (block: Tensor, logits: Tensor, lse: Tensor, total: Double, counted: Int), dloss: Float) -> Tensor? {
+    guard f.counted > 0, f.logits.requiresGrad else { return nil }
+    let dlogits = Tensor.zeros(f.logits.shape)  // (R, V)
+    targets[rows].withUnsafeBufferPointer { t in
+      Kernels.crossEntropyBackward(dlogits: dlogits.ptr, dloss: dloss, logits: f.logits.ptr, lse: f.lse.ptr, targets: t.baseAddress!,
+                                   n: rows.count, v: f.logits.size(-1), ignoreIndex: ignoreIndex)
+    }
+    f.logits.backward(seed: dlogits)
+    return f.block.grad
+  }
+
+  var total = 0.0, counted = 0
+  // A frozen head: the input gradient, unscaled, block by block now (N, C).
+  let dx = recording && !headTrains ? Tensor.zeros([n, c]) : nil
+  for rows in blocks {
+    let f = forward(rows, grad: dx != nil)
+    total += f.total
+    counted += f.counted
+    if let dx, let g = backward(rows, f, dloss: 1) { (dx.ptr + rows.lowerBound * c).update(from: g.ptr, count: rows.count * c) }
+  }
+  let out = Tensor([counted == 0 ? 0 : Float(total / Double(counted))], shape: [])
+  guard recording, counted > 0 else { return out }
+  return out.record([x] + headParameters) { _, g in
+    let scale = g[0] / Float(counted)
+    if let dx {
+      let gx = x.gradPointer(), src = dx.ptr
+      for i in 0..<(n * c) { gx[i] += scale * src[i] }
+      return
+    }
+    for rows in blocks {  // a trainable head: recompute each block's logits, then backpropagate them
+      let f = forward(rows, grad: true)
+      if let gblock = backward(rows, f, dloss: scale), x.requiresGrad {
+        let gx = x.gradPointer() + rows.lowerBound * c, src = gblock.ptr
+        for i in 0..<(rows.count * c) { gx[i] += src[i] }
+      }
+    }
+  }
+}
+
 // MARK: Attention
 
 /// cos/sin tables (T or B·T rows, HS/2) for a set of positions: a decoder computes them once

@@ -180,3 +180,44 @@ struct ParallelAttentionTests {
     #expect(ratio <= 1, "worst gradient at \(at)")
   }
 }
+
+/// The LM head's cross-entropy in row blocks against the whole-logits path: loss, input gradient
+/// and (trainable head) weight gradient; float32 and bfloat16 frozen heads; blocks that do not
+/// divide the rows; ignored targets.
+@Suite("Chunked head cross-entropy")
+struct ChunkedHeadCrossEntropyTests {
+  @Test(arguments: [1, 3, 64])
+  func blocksMatchWholeLogits(chunkRows: Int) {
+    let (n, c, v) = (7, 24, 50)
+    let w = KernelPathTests.random([v, c], seed: 30)
+    let x = KernelPathTests.random([n, c], seed: 31)
+    var targets: [Int32] = (0..<n).map { Int32(($0 * 13) % v) }
+    targets[2] = -100
+    let w16 = BF16Matrix(w)
+    for variant in ["frozen", "frozen bf16", "trainable"] {
+      w.requiresGrad = variant == "trainable"
+      let head: (Tensor) -> Tensor = { variant == "frozen bf16" ? linear($0, w16) : linear($0, w) }
+      func run(_ loss: () -> Tensor) -> (Float, Tensor, Tensor?) {
+        x.grad = nil
+        w.grad = nil
+        x.requiresGrad = true
+        let l = loss()
+        l.backward(seed: Tensor([0.5], shape: []))
+        return (l.item, x.grad!.clone(), w.grad?.clone())
+      }
+      let whole = run { crossEntropy(head(x), targets: targets) }
+      let blocks = run { chunkedHeadCrossEntropy(x, targets: targets, chunkRows: chunkRows, headParameters: [w], head: head) }
+      #expect(abs(blocks.0 - whole.0) < 1e-5, "\(variant): loss \(blocks.0) vs \(whole.0)")
+      let (okX, dX) = compare(blocks.1, whole.1, atol: 1e-6, rtol: 1e-5)
+      #expect(okX, "\(variant), blocks of \(chunkRows): input gradient differs by \(dX)")
+      #expect((blocks.2 == nil) == (variant != "trainable"))
+      if let gw = blocks.2, let ref = whole.2 {
+        let (okW, dW) = compare(gw, ref, atol: 1e-6, rtol: 1e-5)
+        #expect(okW, "blocks of \(chunkRows): head gradient differs by \(dW)")
+      }
+      let inference = noGrad { chunkedHeadCrossEntropy(x, targets: targets, chunkRows: chunkRows, headParameters: [w], head: head) }
+      #expect(abs(inference.item - blocks.0) < 1e-6)
+    }
+    w.requiresGrad = false
+  }
+}
