@@ -210,12 +210,6 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
 @inline(__always) public func bf16ToFloat(_ h: UInt16) -> Float { Float(bitPattern: UInt32(h) << 16) }
 
-/// Round to nearest even, as PyTorch does; NaN stays NaN.
-@inline(__always) public func floatToBF16(_ f: Float) -> UInt16 {
-  let bits = f.bitPattern
-  if f.isNaN { return UInt16(truncatingIfNeeded: (bits >> 16) | 0x40) }
-  return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
-}
 
 @inline(__always) public func f16ToFloat(_ h: UInt16) -> Float {
   let sign = UInt32(h >> 15) << 31
@@ -279,7 +273,7 @@ public func writeSafeTensors(
         let p = t.ptr
         switch dtype {
         case .f32: raw.copyMemory(from: UnsafeRawBufferPointer(start: p, count: t.count * 4))
-        case .bf16: for i in 0..<t.count { raw.storeBytes(of: floatToBF16(p[i]).littleEndian, toByteOffset: i * 2, as: UInt16.self) }
+        case .bf16: for i in 0..<t.count { raw.storeBytes(of: Kernels.bf16Bits(p[i]).littleEndian, toByteOffset: i * 2, as: UInt16.self) }
         default: for i in 0..<t.count { raw.storeBytes(of: floatToF16(p[i]).littleEndian, toByteOffset: i * 2, as: UInt16.self) }
         }
       }

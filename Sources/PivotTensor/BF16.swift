@@ -240,6 +240,14 @@ extension Kernels {
     for i in 0..<half { split[i] = inp[2 * i]; split[half + i] = inp[2 * i + 1] }
     let even = UnsafePointer(split), odd = UnsafePointer(split + half)
     let h8 = half & ~7
+    /// Pairs `from..<K/2` of one row, one at a time (after the 8-pair SIMD loop).
+    @inline(__always) func pairTail(_ row: UnsafePointer<UInt16>, from start: Int) -> Float {
+      var s: Float = 0
+      for i in start..<half {
+        s += Float(bitPattern: UInt32(row[2 * i]) << 16) * even[i] + Float(bitPattern: UInt32(row[2 * i + 1]) << 16) * odd[i]
+      }
+      return s
+    }
     @inline(__always) func dot(_ row: UnsafePointer<UInt16>) -> Float {
       let pairs = UnsafeRawPointer(row)
       var a = SIMD8<Float>(), b = SIMD8<Float>()
@@ -250,12 +258,7 @@ extension Kernels {
         b.addProduct(unsafeBitCast(u & 0xFFFF_0000, to: SIMD8<Float>.self), UnsafeRawPointer(odd + i).loadUnaligned(as: SIMD8<Float>.self))
         i += 8
       }
-      var s = (a + b).sum()
-      while i < half {
-        s += Float(bitPattern: UInt32(row[2 * i]) << 16) * even[i] + Float(bitPattern: UInt32(row[2 * i + 1]) << 16) * odd[i]
-        i += 1
-      }
-      return s
+      return (a + b).sum() + pairTail(row, from: i)
     }
     parallelFor(m, grain: max(4, 65536 / k)) { rows in
       var r = rows.lowerBound
@@ -281,16 +284,8 @@ extension Kernels {
           a3.addProduct(unsafeBitCast(u3 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
           i += 8
         }
-        var sums = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
-        for q in 0..<4 {
-          let p = weight + (r + q) * k
-          var j = i
-          while j < half {
-            sums[q] += Float(bitPattern: UInt32(p[2 * j]) << 16) * even[j] + Float(bitPattern: UInt32(p[2 * j + 1]) << 16) * odd[j]
-            j += 1
-          }
-          out[r + q] = sums[q] + (bias?[r + q] ?? 0)
-        }
+        let sums = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
+        for q in 0..<4 { out[r + q] = sums[q] + pairTail(weight + (r + q) * k, from: i) + (bias?[r + q] ?? 0) }
         r += 4
       }
       while r < rows.upperBound {

@@ -23,8 +23,9 @@ struct KernelPathTests {
     #expect(Kernels.bf16Bits(.nan) & 0x7FC0 == 0x7FC0)
   }
 
-  /// One row (GEMV) and several rows (tiles converted for SGEMM), odd sizes, more than one tile.
-  @Test(arguments: [(1, 67, 300), (5, 67, 300), (1, 896, 131), (3, 64, 128)])
+  /// One row (GEMV: odd widths, and an even width whose pairs end in a tail) and several rows
+  /// (tiles converted for SGEMM), odd sizes, more than one tile.
+  @Test(arguments: [(1, 67, 300), (5, 67, 300), (1, 896, 131), (3, 64, 128), (1, 38, 299)])
   func bf16LinearMatchesFloatLinearOnRoundedWeights(rows: Int, inF: Int, outF: Int) {
     let w = Self.random([outF, inF], seed: 1)
     let bias = Self.random([outF], seed: 2)
