@@ -93,6 +93,11 @@ public final class DecoderLM: Module, @unchecked Sendable {
 
   public var headWeight: Tensor { lmHead?.weight ?? model.embedTokens.weight }
 
+  /// In training, the first `recomputedLayers` layers keep only their input and rerun in
+  /// backward (HF's `gradient_checkpointing` when it covers every layer): each costs one more
+  /// forward of the layer per step and saves all of its activations.
+  public var recomputedLayers = 0
+
   /// Every frozen Linear weight of the decoder, and a frozen embedding table (the tied head),
   /// computes in bfloat16 from now on and gives back its float32 memory (inference, or the
   /// frozen LLM of stage 1). Trainable parameters stay float32. Returns the bytes given back.
@@ -123,37 +128,49 @@ public final class DecoderLM: Module, @unchecked Sendable {
   /// Hidden states (B, T, C) before the final norm. Positions default to 0..<T, or continue
   /// the cache. With a cache (inference) the new keys and values are appended to it.
   public func hiddenStates(_ x: Tensor, positions: [Int]? = nil, cache: KVCache? = nil) -> Tensor {
-    let (b, t) = (x.shape[0], x.shape[1])
+    let t = x.shape[1]
     let c = config, hs = c.resolvedHeadDim
     let start = cache?.length ?? 0
     let pos = positions ?? Array(start..<(start + t))
     let table = RopeTable(positions: pos, headSize: hs, theta: c.ropeTheta)
     var h = x
     for (i, layer) in model.layers.enumerated() {
-      let a = layer.selfAttn
-      let y = layer.inputLayernorm(h)
-      let stacked = GradMode.isEnabled ? nil : layer.qkv?(y)
-      let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
-      let q = rope(reshape(qLin, [b, t, c.numAttentionHeads, hs]), table: table)
-      let k = rope(reshape(kLin, [b, t, c.numKeyValueHeads, hs]), table: table)
-      let v = reshape(vLin, [b, t, c.numKeyValueHeads, hs])
-      let attn: Tensor
-      if let cache {
-        cache.append(layer: i, k: k, v: v)
-        attn = cachedAttention(q, keys: cache.keys[i], values: cache.values[i], length: start + t)
+      if i < recomputedLayers && cache == nil && GradMode.isEnabled {
+        let parameters = layer.parameters()
+        h = recomputed(h, parameters: parameters) { [unowned self] in self.layerForward(layer, $0, table: table) }
       } else {
-        attn = attention(q, k, v, causal: true)
-      }
-      h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
-      let z = layer.postAttentionLayernorm(h)
-      if !GradMode.isEnabled, let gateUp = layer.gateUp?(z) {
-        h = h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
-      } else {
-        h = h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
+        h = layerForward(layer, h, table: table, cache: cache.map { ($0, i, start) })
       }
     }
     cache?.length = start + t
     return h
+  }
+
+  /// One decoder layer on h (B, T, C). With a cache (inference) the layer's new keys and
+  /// values are appended at `start` and attention reads the whole cache.
+  func layerForward(_ layer: Layer, _ h: Tensor, table: RopeTable, cache: (KVCache, layer: Int, start: Int)? = nil) -> Tensor {
+    let (b, t) = (h.shape[0], h.shape[1])
+    let c = config, hs = c.resolvedHeadDim
+    let a = layer.selfAttn
+    let y = layer.inputLayernorm(h)
+    let stacked = GradMode.isEnabled ? nil : layer.qkv?(y)
+    let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
+    let q = rope(reshape(qLin, [b, t, c.numAttentionHeads, hs]), table: table)
+    let k = rope(reshape(kLin, [b, t, c.numKeyValueHeads, hs]), table: table)
+    let v = reshape(vLin, [b, t, c.numKeyValueHeads, hs])
+    let attn: Tensor
+    if let (cache, i, start) = cache {
+      cache.append(layer: i, k: k, v: v)
+      attn = cachedAttention(q, keys: cache.keys[i], values: cache.values[i], length: start + t)
+    } else {
+      attn = attention(q, k, v, causal: true)
+    }
+    let h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
+    let z = layer.postAttentionLayernorm(h)
+    if !GradMode.isEnabled, let gateUp = layer.gateUp?(z) {
+      return h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
+    }
+    return h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
   }
 
   /// Final norm and LM head on rows (N, C) → logits (N, V).

@@ -114,6 +114,9 @@ extension Tensor {
     precondition(shape == [values.rows, values.cols], "bfloat16 values \(values.rows)×\(values.cols) for a \(shape) parameter")
     repoint(to: Tensor.noAccessStorage(count), offset: 0)
     bf16Values = values
+    // The float32 block just went back to the pool; hand it to the system now, or converting a
+    // whole model would hold every converted matrix's float32 copy idle at once.
+    BufferPool.shared.drain()
   }
 
   /// A frozen (R, C) tensor whose only values are `values`.

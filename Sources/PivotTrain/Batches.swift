@@ -45,9 +45,15 @@ public protocol TrainableModel: Module {
   func loss(_ batch: TrainBatch) -> (loss: Tensor, counted: Int)
   /// Frozen weights keep only a bfloat16 copy from now on; returns the bytes given back.
   @discardableResult func storeFrozenWeightsInBF16() -> Int
+  /// LLM layers (from the first) that keep only their input and rerun in backward.
+  var recomputedLayers: Int { get set }
 }
 
 extension ChatModel: TrainableModel {
+  public var recomputedLayers: Int {
+    get { languageModel.recomputedLayers }
+    set { languageModel.recomputedLayers = newValue }
+  }
   public func loss(_ b: TrainBatch) -> (loss: Tensor, counted: Int) {
     loss(ids: b.ids, labels: b.labels, batch: b.batch, length: b.length, pixels: b.pixels, imageStarts: b.imageStarts)
   }

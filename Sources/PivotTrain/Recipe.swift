@@ -46,6 +46,8 @@ public struct Recipe: Sendable, Codable {
     public var chatTemplate = "auto"
     /// Weight storage of frozen parts: f32 or bf16.
     public var frozenDtype = "f32"
+    /// LLM layers (from the first) that rerun in backward instead of keeping their activations.
+    public var recomputeLayers = 0
   }
   public struct Source: Sendable, Codable {
     public var shards: String
@@ -161,6 +163,7 @@ public struct Recipe: Sendable, Codable {
         for (k, v) in try y.mapping(value, "model", allowed: [
           "pivot", "vision", "llm", "qformer", "vision_config", "llm_config", "qformer_config", "qformer_layers", "num_query_tokens",
           "image_size", "feature_layer", "tokenizer", "chat_template", "frozen_dtype",
+          "recompute_layers",
         ]) {
           let p = "model.\(k)"
           switch k {
@@ -180,6 +183,8 @@ public struct Recipe: Sendable, Codable {
           case "frozen_dtype":
             r.model.frozenDtype = try y.string(v, p)
             guard ["f32", "bf16"].contains(r.model.frozenDtype) else { throw y.error(v, p, "must be f32 or bf16") }
+          case "recompute_layers":
+            r.model.recomputeLayers = try y.string(v, p) == "all" ? Int.max : try y.int(v, p, min: 0)
           default: break
           }
         }

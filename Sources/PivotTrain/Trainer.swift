@@ -84,6 +84,7 @@ public final class Trainer {
     try model.unfreeze(recipe.trainablePatterns)
     if !recipe.frozen.isEmpty { try model.freeze(recipe.frozen) }
     if recipe.model.frozenDtype == "bf16" { model.storeFrozenWeightsInBF16() }
+    model.recomputedLayers = recipe.model.recomputeLayers
     optimizer = AdamW(parameters: model.trainableParameters(), groups: recipe.parameterGroups,
                       beta1: Float(recipe.optimizer.beta1), beta2: Float(recipe.optimizer.beta2), eps: Float(recipe.optimizer.eps))
     rng = PivotRNG(seed: recipe.seed)

@@ -24,6 +24,8 @@ struct Bench: ParsableCommand {
   @Option(help: "Storage of the frozen weights: fp32 or bf16.") var dtype: String = "fp32"
   @Option(help: "Model phases: an HF LLM folder whose weights replace the random LLM (e.g. Assets/qwen2.5-0.5b-instruct at --scale qwen0.5b).")
   var llmWeights: String?
+  @Option(help: "stage1/stage2: LLM layers (from the first) that rerun in backward instead of keeping their activations (recipe key model.recompute_layers).")
+  var recomputeLayers = 0
   @Option(help: "Worker threads (Pivot and OpenBLAS).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Seconds of timed repetitions per measurement (gemm).") var seconds: Double = 1.5
   @Option(help: "Untimed warm-up repetitions (default: torch_ref.py's count for the scale and phase).") var warmup: Int?
@@ -62,7 +64,7 @@ struct Bench: ParsableCommand {
     default:
       try ModelBench(
         scale: scale, phase: phase, configDir: configs ?? Self.defaultConfigDir, threads: threads, dtype: dtype,
-        warmupOverride: warmup, repsOverride: reps, llmWeights: llmWeights
+        warmupOverride: warmup, repsOverride: reps, llmWeights: llmWeights, recomputeLayers: recomputeLayers
       ).run()
     }
   }

@@ -17,6 +17,8 @@ struct ModelBench {
   let repsOverride: Int?
   /// An HF LLM folder whose weights replace the random LLM (same shapes as the scale's llm.json).
   let llmWeights: String?
+  /// Training phases: how many LLM layers rerun in backward (activation recomputation).
+  let recomputeLayers: Int
 
   /// (warm-up, timed repetitions) per scale and phase, as torch_ref.py's DEFAULT_REPS.
   static let defaultReps: [String: [String: (Int, Int)]] = [
@@ -81,6 +83,7 @@ struct ModelBench {
   func common(_ s: Setup) -> [String: Any] {
     [
       "scale": scale, "threads": threads, "blas_core": Threads.blasCore, "dtype": dtype, "impl": "pivot", "llm_weights": llmWeights ?? "random",
+      "recompute_layers": recomputeLayers,
       "params_vision": s.model.visionTower.parameters().reduce(0) { $0 + $1.count },
       "params_qformer": s.model.qformer.parameters().reduce(0) { $0 + $1.count } + s.model.queryTokens.count,
       "params_proj": s.model.languageProjection.parameters().reduce(0) { $0 + $1.count },
@@ -115,10 +118,11 @@ struct ModelBench {
     if stage == 2 { trainable.append("language_model.*") }
     try model.unfreeze(trainable)
     if dtype == "bf16" { model.storeFrozenWeightsInBF16() }
+    model.languageModel.recomputedLayers = recomputeLayers
     let optimizer = AdamW(parameters: model.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
     let buildSeconds = BenchClock.now() - t0
     BufferPool.shared.drain()
-    let rssAfterBuild = BenchClock.currentRSSMiB()
+    let rssAfterBuild = BenchClock.currentRSSMiB(), peakAfterBuild = peakResidentMiB()
     // ids = [placeholder × Q ; text] per row, labels −100 on the image slot.
     var ids: [Int32] = [], labels: [Int32] = []
     for r in 0..<b {
@@ -173,7 +177,7 @@ struct ModelBench {
       "breakdown_median_s": Self.medians(rows),
       "trainable_params": optimizer.parameterCount, "optimizer": "AdamW(lr=1e-4, wd=0.01) flat buffers",
       "losses": losses.map { Double(($0 * 1e5).rounded() / 1e5) }, "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
+      "rss_after_build_mib": rssAfterBuild, "peak_rss_after_build_mib": peakAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
@@ -220,7 +224,7 @@ struct ModelBench {
     let t0 = BenchClock.now()
     let s = try inferenceSetup()
     let buildSeconds = BenchClock.now() - t0
-    let rssAfterBuild = BenchClock.currentRSSMiB()
+    let rssAfterBuild = BenchClock.currentRSSMiB(), peakAfterBuild = peakResidentMiB()
     let length = s.queries + s.textLength
     let cache = KVCache(config: s.model.languageModel.config, capacity: length + Self.decodeNewTokens)
     let (warmup, reps) = reps()
@@ -244,7 +248,7 @@ struct ModelBench {
       "tokens_per_s": Double(length) / (sum["seconds_median"] as! Double),
       "llm_only_seconds_median": llm, "llm_only_tokens_per_s": Double(length) / llm,
       "breakdown_median_s": Self.medians(rows), "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
+      "rss_after_build_mib": rssAfterBuild, "peak_rss_after_build_mib": peakAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
@@ -254,7 +258,7 @@ struct ModelBench {
     let t0 = BenchClock.now()
     let s = try inferenceSetup()
     let buildSeconds = BenchClock.now() - t0
-    let rssAfterBuild = BenchClock.currentRSSMiB()
+    let rssAfterBuild = BenchClock.currentRSSMiB(), peakAfterBuild = peakResidentMiB()
     let lm = s.model.languageModel
     let length = s.queries + s.textLength
     let n = Self.decodeNewTokens
@@ -296,7 +300,7 @@ struct ModelBench {
       "phase": "decode", "metric": "decode_manual_kv_loop", "B": 1, "prompt_len": length, "new_tokens": n,
       "final_cache_len": length + n, "tokens_per_s": Double(n) / med, "ms_per_token": 1000 * med / Double(n),
       "first_tokens": tokens.prefix(8).map { Int($0) }, "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
+      "rss_after_build_mib": rssAfterBuild, "peak_rss_after_build_mib": peakAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)

@@ -33,9 +33,10 @@ struct ComposedParityTests {
     return (ids, labels, b, q + tt)
   }
 
-  func train(stage: String, trainable: [String]) throws {
+  func train(stage: String, trainable: [String], recompute: Int) throws {
     let fx = try Fixture("composed_tiny")
     let m = try Self.model(fx)
+    m.languageModel.recomputedLayers = recompute
     try m.freeze()
     try m.unfreeze(trainable)
     let (ids, labels, b, t) = try Self.batch(fx, q: m.numQueryTokens)
@@ -49,6 +50,7 @@ struct ComposedParityTests {
     for (name, p) in m.namedParameters() where !p.requiresGrad { #expect(p.grad == nil, "frozen \(name) has a gradient buffer") }
 
     let fresh = try Self.model(fx)
+    fresh.languageModel.recomputedLayers = recompute
     try fresh.freeze()
     try fresh.unfreeze(trainable)
     let opt = AdamW(parameters: fresh.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
@@ -64,10 +66,15 @@ struct ComposedParityTests {
   }
 
   /// Stage 1: only the Q-Former, queries and projection train; ViT and LLM bytes stay the same.
-  @Test func stage1Align() throws { try train(stage: "stage1", trainable: ["qformer.*", "query_tokens", "language_projection.*"]) }
+  /// `recompute`: that many LLM layers (of 2) rerun in backward instead of keeping their activations.
+  @Test(arguments: [0, 1, 2]) func stage1Align(recompute: Int) throws {
+    try train(stage: "stage1", trainable: ["qformer.*", "query_tokens", "language_projection.*"], recompute: recompute)
+  }
 
   /// Stage 2: the LLM trains too.
-  @Test func stage2Instruct() throws { try train(stage: "stage2", trainable: ["qformer.*", "query_tokens", "language_projection.*", "language_model.*"]) }
+  @Test(arguments: [0, 2]) func stage2Instruct(recompute: Int) throws {
+    try train(stage: "stage2", trainable: ["qformer.*", "query_tokens", "language_projection.*", "language_model.*"], recompute: recompute)
+  }
 
   @Test func greedyGenerationWithAnImage() throws {
     let fx = try Fixture("composed_tiny")

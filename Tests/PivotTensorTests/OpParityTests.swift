@@ -141,4 +141,33 @@ struct DropoutSplitTests {
     }
     #expect(worst <= 1, "split: \(at)")
   }
+
+  /// Recomputation: the same output and gradients (input and a parameter read inside) as the
+  /// recorded body, by gradcheck and against the plain graph; a frozen parameter gets none.
+  @Test func recomputedMatchesRecordedBody() {
+    var r = PivotRNG(seed: 6)
+    let x = Tensor(empty: [2, 3, 4]), w = Tensor(empty: [5, 4]), frozen = Tensor(empty: [5])
+    for t in [x, w, frozen] { r.fillUniform(t, low: -1, high: 1) }
+    func body(_ h: Tensor, _ w: Tensor) -> Tensor { silu(linear(h, w, frozen)) }
+    let (worst, at) = gradcheck([x, w]) { t in recomputed(t[0], parameters: [t[1], frozen]) { body($0, t[1]) } }
+    #expect(worst <= 1, "recomputed: \(at)")
+
+    let seed = Tensor.full([2, 3, 5], 0.5)
+    frozen.requiresGrad = false
+    for t in [x, w] { t.requiresGrad = true; t.grad = nil }
+    body(x, w).backward(seed: seed)
+    let (gx, gw) = (x.grad!.clone(), w.grad!.clone())
+    for t in [x, w] { t.grad = nil }
+    let y = recomputed(x, parameters: [w, frozen]) { body($0, w) }
+    #expect(y.scalars == noGrad { body(x, w) }.scalars)
+    y.backward(seed: seed)
+    #expect(compare(x.grad!, gx, atol: 1e-6, rtol: 0).ok && compare(w.grad!, gw, atol: 1e-6, rtol: 0).ok)
+    #expect(frozen.grad == nil)
+
+    // Only parameters train (the input is data): still recorded, the parameter gets its gradient.
+    let data = x.detached()
+    w.grad = nil
+    recomputed(data, parameters: [w]) { body($0, w) }.backward(seed: seed)
+    #expect(w.grad != nil && data.grad == nil)
+  }
 }

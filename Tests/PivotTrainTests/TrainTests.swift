@@ -129,6 +129,29 @@ struct TrainTests {
     for (x, y) in zip(a, b) { #expect(abs(x - y) < 2e-2 * abs(x), "f32 \(x) vs bf16 \(y)") }
   }
 
+  /// `model.recompute_layers`: the trainer reruns that many layers in backward and the run's
+  /// losses stay those of the run that keeps every activation; bad values name the key.
+  @Test func recomputedLayersKeepTheLosses() throws {
+    let dir = tempDir("recompute")
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    var losses: [String: [Double]] = [:]
+    for setting in ["0", "1", "all"] {
+      let model = tinyDecoder()
+      let r = try recipe(output: dir + "-" + setting, steps: 5, extra: "model:\n  recompute_layers: \(setting)")
+      let t = try Trainer(recipe: r, model: model, source: SyntheticSource(seed: 4, vocab: 48))
+      #expect(model.recomputedLayers == (setting == "all" ? Int.max : Int(setting)!))
+      try t.run { if case .step(let m) = $0 { losses[setting, default: []].append(m.loss) } }
+      try? FileManager.default.removeItem(atPath: dir + "-" + setting)
+    }
+    #expect(losses["0"]!.count == 5)
+    for setting in ["1", "all"] {
+      for (x, y) in zip(losses["0"]!, losses[setting]!) { #expect(abs(x - y) <= 1e-5 * abs(x), "\(setting): \(y) vs \(x)") }
+    }
+    for bad in ["-1", "some"] {
+      #expect(throws: RecipeError.self) { _ = try recipe(output: dir, steps: 1, extra: "model:\n  recompute_layers: \(bad)") }
+    }
+  }
+
   @Test func interruptedCheckpointWriteLeavesThePreviousOne() throws {
     let out = tempDir("atomic")
     defer { try? FileManager.default.removeItem(atPath: out) }
