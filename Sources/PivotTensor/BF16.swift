@@ -342,6 +342,7 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
     let xp = x.ptr, op = out.ptr, beta: Float = bias == nil ? 0 : 1
     parallelOverBLASCalls(tiles, grain: 1) { mine in
       let tile = Tensor(empty: [min(bf16TileRows, outF), inF])  // (tile, in) float32
+      defer { withExtendedLifetime(tile) {} }  // until the last SGEMM has read it
       for t in mine {
         let j0 = t * bf16TileRows, rows = min(bf16TileRows, outF - j0)
         Kernels.bf16ToFloat(out: tile.ptr, inp: weight.bits + j0 * inF, count: rows * inF)
@@ -351,14 +352,16 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
     }
   }
   let inputs = bias.map { [x, $0] } ?? [x]
-  return out.record(inputs) { _, g in
-    if x.requiresGrad {  // dx (N, in) += dy (N, out) · W (out, in)
-      let dx = x.gradPointer()
+  let xs = x.slot  // the weight is frozen: no input values kept
+  return out.record(inputs) { g in
+    if xs.requiresGrad {  // dx (N, in) += dy (N, out) · W (out, in)
+      let dx = xs.gradPointer()
       let workers = min(Threads.count, tiles)
       let shares = (1..<max(workers, 1)).map { _ in Tensor.zeros([n, inF]) }  // (N, in) per extra worker
       let chunk = (tiles + workers - 1) / workers
       parallelOverBLASCalls(workers, grain: 1) { ws in
         let tile = Tensor(empty: [min(bf16TileRows, outF), inF])
+        defer { withExtendedLifetime(tile) {} }
         for w in ws {
           let sum = w == 0 ? dx : shares[w - 1].ptr
           for t in (w * chunk)..<min(tiles, (w + 1) * chunk) {

@@ -76,7 +76,16 @@ func binary(_ a: Tensor, _ b: Tensor, _ op: BinaryOp) -> Tensor {
       }
     }
   }
-  return out.record([a, b]) { _, g in
+  if op == .add || op == .sub, a.shape == b.shape {
+    // Sums need no values in backward: keep only the slots, so the graph frees both inputs.
+    let (sa, sb, n) = (a.slot, b.slot, a.count)
+    let sign: Float = op == .add ? 1 : -1
+    return out.record([a, b]) { g in
+      if sa.requiresGrad { let ga = sa.gradPointer(); parallelFor(n) { r in for i in r { ga[i] += g[i] } } }
+      if sb.requiresGrad { let gb = sb.gradPointer(); parallelFor(n) { r in for i in r { gb[i] += sign * g[i] } } }
+    }
+  }
+  return out.record([a, b]) { g in
     // d/da and d/db of each op, as a function of (grad, a, b).
     @inline(__always) func da(_ g: Float, _ x: Float, _ y: Float) -> Float {
       switch op { case .add, .sub: g; case .mul: g * y; case .div: g / y }
@@ -115,9 +124,10 @@ public func scale(_ x: Tensor, _ s: Float) -> Tensor {
   let out = Tensor(empty: x.shape)
   let xp = x.ptr, op = out.ptr
   parallelFor(x.count) { r in for i in r { op[i] = xp[i] * s } }
-  return out.record([x]) { _, g in
-    let gx = x.gradPointer()
-    parallelFor(x.count) { r in for i in r { gx[i] += g[i] * s } }
+  let (xs, n) = (x.slot, x.count)
+  return out.record([x]) { g in
+    let gx = xs.gradPointer()
+    parallelFor(n) { r in for i in r { gx[i] += g[i] * s } }
   }
 }
 public func * (x: Tensor, s: Float) -> Tensor { scale(x, s) }
@@ -130,8 +140,9 @@ func unary(_ x: Tensor, _ f: @escaping (Float) -> Float, _ df: @escaping (_ x: F
   let out = Tensor(empty: x.shape)
   let xp = x.ptr, op = out.ptr
   parallelFor(x.count, grain: 8192) { r in for i in r { op[i] = f(xp[i]) } }
-  return out.record([x]) { out, g in
-    let gx = x.gradPointer(), yp = out.ptr
+  let y = out.detached()
+  return out.record([x]) { g in
+    let gx = x.gradPointer(), yp = y.ptr
     parallelFor(x.count, grain: 8192) { r in for i in r { gx[i] += g[i] * df(xp[i], yp[i]) } }
   }
 }
@@ -181,7 +192,7 @@ public func swiglu(gate: Tensor, up: Tensor) -> Tensor {
   precondition(gate.shape == up.shape, "swiglu: gate \(gate.shape), up \(up.shape)")
   let out = Tensor(empty: gate.shape)
   Kernels.swigluForward(out: out.ptr, gate: gate.ptr, up: up.ptr, n: gate.count)
-  return out.record([gate, up]) { _, g in
+  return out.record([gate, up]) { g in
     Kernels.swigluBackward(
       dgate: gate.requiresGrad ? gate.gradPointer() : nil, dup: up.requiresGrad ? up.gradPointer() : nil,
       dout: g, gate: gate.ptr, up: up.ptr, n: gate.count)

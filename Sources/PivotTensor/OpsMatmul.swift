@@ -28,7 +28,7 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
             b: b.ptr + i * bStride, ldb: bCols, beta: 0, c: out.ptr + i * cStride, ldc: n)
     }
   }
-  return out.record([a, b]) { _, g in
+  return out.record([a, b]) { g in
     if a.requiresGrad {
       let ga = a.gradPointer()
       if fold {
@@ -88,13 +88,15 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
           beta: bias == nil ? 0 : 1, c: out.ptr, ldc: outF)
   }
   let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
-  return out.record(inputs) { _, g in
-    if x.requiresGrad {  // dx (N, in) = dy (N, out) · W (out, in)
+  // A frozen weight's backward needs no input values: keep x only for dW.
+  let xs = x.slot, savedX = weight.requiresGrad ? x : nil
+  return out.record(inputs) { g in
+    if xs.requiresGrad {  // dx (N, in) = dy (N, out) · W (out, in)
       sgemm(transA: false, transB: false, m: n, n: inF, k: outF, a: g, lda: outF, b: weight.ptr, ldb: inF,
-            beta: 1, c: x.gradPointer(), ldc: inF)
+            beta: 1, c: xs.gradPointer(), ldc: inF)
     }
-    if weight.requiresGrad {  // dW (out, in) = dyᵀ · x
-      sgemm(transA: true, transB: false, m: outF, n: inF, k: n, a: g, lda: outF, b: x.ptr, ldb: inF,
+    if let savedX, weight.requiresGrad {  // dW (out, in) = dyᵀ · x
+      sgemm(transA: true, transB: false, m: outF, n: inF, k: n, a: g, lda: outF, b: savedX.ptr, ldb: inF,
             beta: 1, c: weight.gradPointer(), ldc: inF)
     }
     if let bias, bias.requiresGrad {

@@ -10,7 +10,7 @@ public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -
   Kernels.layerNormForward(out: out.ptr, mean: stats.ptr, rstd: stats.ptr + n, inp: x.ptr,
                            weight: weight?.ptr, bias: bias?.ptr, n: n, c: c, eps: eps)
   let inputs = [x] + [weight, bias].compactMap { $0 }
-  return out.record(inputs) { _, g in
+  return out.record(inputs) { g in
     Kernels.layerNormBackward(
       dinp: x.requiresGrad ? x.gradPointer() : nil,
       dweight: weight?.requiresGrad == true ? weight!.gradPointer() : nil,
@@ -25,7 +25,7 @@ public func rmsNorm(_ x: Tensor, weight: Tensor, eps: Float) -> Tensor {
   let out = Tensor(empty: x.shape)
   let rstd = Tensor(empty: [n])
   Kernels.rmsNormForward(out: out.ptr, rstd: rstd.ptr, inp: x.ptr, weight: weight.ptr, n: n, c: c, eps: eps)
-  return out.record([x, weight]) { _, g in
+  return out.record([x, weight]) { g in
     Kernels.rmsNormBackward(
       dinp: x.requiresGrad ? x.gradPointer() : nil, dweight: weight.requiresGrad ? weight.gradPointer() : nil,
       dout: g, inp: x.ptr, weight: weight.ptr, rstd: rstd.ptr, n: n, c: c)
@@ -36,8 +36,9 @@ public func softmax(_ x: Tensor) -> Tensor {
   let c = x.size(-1), n = x.count / c
   let out = Tensor(empty: x.shape)
   Kernels.softmaxForward(out: out.ptr, inp: x.ptr, n: n, c: c)
-  return out.record([x]) { out, g in
-    Kernels.softmaxBackward(dinp: x.gradPointer(), dout: g, out: out.ptr, n: n, c: c)
+  let (xs, y) = (x.slot, out.detached())  // the backward needs the output, not the input
+  return out.record([x]) { g in
+    Kernels.softmaxBackward(dinp: xs.gradPointer(), dout: g, out: y.ptr, n: n, c: c)
   }
 }
 
@@ -45,8 +46,9 @@ public func logSoftmax(_ x: Tensor) -> Tensor {
   let c = x.size(-1), n = x.count / c
   let out = Tensor(empty: x.shape)
   Kernels.logSoftmaxForward(out: out.ptr, inp: x.ptr, n: n, c: c)
-  return out.record([x]) { out, g in
-    Kernels.logSoftmaxBackward(dinp: x.gradPointer(), dout: g, out: out.ptr, n: n, c: c)
+  let (xs, y) = (x.slot, out.detached())
+  return out.record([x]) { g in
+    Kernels.logSoftmaxBackward(dinp: xs.gradPointer(), dout: g, out: y.ptr, n: n, c: c)
   }
 }
 
@@ -65,7 +67,7 @@ public func crossEntropy(_ logits: Tensor, targets: [Int32], ignoreIndex: Int32 
     Kernels.crossEntropyForward(lse: lse.ptr, logits: logits.ptr, targets: $0.baseAddress!, n: n, v: v, ignoreIndex: ignoreIndex)
   }
   let out = Tensor([counted == 0 ? 0 : Float(total / Double(counted))], shape: [])
-  return out.record([logits]) { _, g in
+  return out.record([logits]) { g in
     guard counted > 0 else { return }
     targets.withUnsafeBufferPointer {
       Kernels.crossEntropyBackward(dlogits: logits.gradPointer(), dloss: g[0] / Float(counted), logits: logits.ptr,
@@ -130,7 +132,7 @@ public func chunkedHeadCrossEntropy(
   }
   let out = Tensor([counted == 0 ? 0 : Float(total / Double(counted))], shape: [])
   guard recording, counted > 0 else { return out }
-  return out.record([x] + headParameters) { _, g in
+  return out.record([x] + headParameters) { g in
     let scale = g[0] / Float(counted)
     if let dx {
       let gx = x.gradPointer(), src = dx.ptr
@@ -179,8 +181,9 @@ public func rope(_ x: Tensor, table: RopeTable) -> Tensor {
   let (cosT, sinT) = (table.cos, table.sin)
   let out = Tensor(empty: x.shape)
   Kernels.rope(out: out.ptr, inp: x.ptr, cos: cosT, sin: sinT, b: b, t: t, nh: nh, hs: hs, perBatch: perBatch, sign: 1, accumulate: false)
-  return out.record([x]) { _, g in
-    Kernels.rope(out: x.gradPointer(), inp: g, cos: cosT, sin: sinT, b: b, t: t, nh: nh, hs: hs, perBatch: perBatch, sign: -1, accumulate: true)
+  let xs = x.slot  // a rotation: its backward needs no values
+  return out.record([x]) { g in
+    Kernels.rope(out: xs.gradPointer(), inp: g, cos: cosT, sin: sinT, b: b, t: t, nh: nh, hs: hs, perBatch: perBatch, sign: -1, accumulate: true)
   }
 }
 
@@ -198,8 +201,9 @@ public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, causal: Bool, keyMa
   let out = Tensor(empty: q.shape)
   let probs = Tensor(empty: [b, nh, t, s])  // (B, NH, T, S)
   Kernels.attentionForward(out: out.ptr, probs: probs.ptr, q: q.ptr, k: k.ptr, v: v.ptr, keyMask: keyMask?.ptr, shape: shape)
-  return out.record([q, k, v]) { _, g in
+  return out.record([q, k, v]) { g in
     let scratch = Tensor(empty: [b, nkv, t, s])  // one (T, S) block per worker unit
+    defer { withExtendedLifetime(scratch) {} }
     Kernels.attentionBackward(
       dq: q.requiresGrad ? q.gradPointer() : nil, dk: k.requiresGrad ? k.gradPointer() : nil,
       dv: v.requiresGrad ? v.gradPointer() : nil, scratch: scratch.ptr, dout: g, probs: probs.ptr,
@@ -220,7 +224,7 @@ public func embedding(_ ids: [Int32], shape idsShape: [Int], weight: Tensor) -> 
     precondition(id >= 0 && Int(id) < v, "token id \(id) outside the embedding table of \(v) rows")
     (op + r * c).update(from: wp + Int(id) * c, count: c)
   }
-  return out.record([weight]) { _, g in
+  return out.record([weight]) { g in
     let gw = weight.gradPointer()
     for (r, id) in ids.enumerated() {
       let dst = gw + Int(id) * c, src = g + r * c
@@ -237,8 +241,9 @@ public func gatherRows(_ x: Tensor, rows: [Int]) -> Tensor {
     precondition(r >= 0 && r < n, "gatherRows: row \(r) of \(n)")
     (out.ptr + i * c).update(from: x.ptr + r * c, count: c)
   }
-  return out.record([x]) { _, g in
-    let gx = x.gradPointer()
+  let xs = x.slot
+  return out.record([x]) { g in
+    let gx = xs.gradPointer()
     for (i, r) in rows.enumerated() {
       let dst = gx + r * c, src = g + i * c
       for j in 0..<c { dst[j] += src[j] }
@@ -257,7 +262,7 @@ public func scatterRows(_ x: Tensor, rows: [Int], from src: Tensor) -> Tensor {
     (out.ptr + r * c).update(from: src.ptr + i * c, count: c)
   }
   let replaced = Set(rows)
-  return out.record([x, src]) { _, g in
+  return out.record([x, src]) { g in
     if x.requiresGrad {
       let gx = x.gradPointer()
       for r in 0..<n where !replaced.contains(r) {
@@ -302,7 +307,7 @@ public func unfoldPatches(_ images: Tensor, patch p: Int) -> Tensor {
   }
   let ip = images.ptr, op = out.ptr
   walk { dst, src, n in (op + dst).update(from: ip + src, count: n) }
-  return out.record([images]) { _, g in
+  return out.record([images]) { g in
     let gi = images.gradPointer()
     walk { dst, src, n in for j in 0..<n { gi[src + j] += g[dst + j] } }
   }
@@ -326,6 +331,9 @@ public func cachedAttention(_ q: Tensor, keys: Tensor, values: Tensor, length: I
   let shape = Kernels.AttentionShape(b: b, t: t, s: length, nh: nh, nkv: nkv, hs: hs, kvBatchStride: capacity * nkv * hs, causal: true)
   let out = Tensor(empty: q.shape)
   let probs = Tensor(empty: [b, nh, t, length])
-  Kernels.attentionForward(out: out.ptr, probs: probs.ptr, q: q.ptr, k: keys.ptr, v: values.ptr, keyMask: nil, shape: shape)
+  // Held to the end of the call: Swift may release a local after its last use, `.ptr`.
+  withExtendedLifetime(probs) {
+    Kernels.attentionForward(out: out.ptr, probs: probs.ptr, q: q.ptr, k: keys.ptr, v: values.ptr, keyMask: nil, shape: shape)
+  }
   return out
 }

@@ -28,7 +28,7 @@ public func sum(_ x: Tensor, axis: Int, keepDims: Bool = false) -> Tensor {
       for j in 0..<inner { dst[j] += src[j] }
     }
   }
-  return out.record([x]) { _, g in
+  return out.record([x]) { g in
     let gx = x.gradPointer()
     for o in 0..<outer {
       for i in 0..<n {
@@ -49,7 +49,7 @@ public func sum(_ x: Tensor) -> Tensor {
   let xp = x.ptr
   for i in 0..<x.count { acc += Double(xp[i]) }
   let out = Tensor([Float(acc)], shape: [])
-  return out.record([x]) { _, g in
+  return out.record([x]) { g in
     let gx = x.gradPointer(), gv = g[0]
     for i in 0..<x.count { gx[i] += gv }
   }

@@ -9,9 +9,10 @@ public func reshape(_ x: Tensor, _ shape: [Int]) -> Tensor {
   }
   precondition(shape.reduce(1, *) == x.count, "cannot reshape \(x.shape) to \(shape)")
   let out = Tensor(storage: x.storage, offset: x.offset, shape: shape)
-  return out.record([x]) { _, g in
-    let gx = x.gradPointer()
-    for i in 0..<x.count { gx[i] += g[i] }
+  let (xs, n) = (x.slot, x.count)
+  return out.record([x]) { g in
+    let gx = xs.gradPointer()
+    for i in 0..<n { gx[i] += g[i] }
   }
 }
 
@@ -37,7 +38,7 @@ public func permute(_ x: Tensor, _ perm: [Int]) -> Tensor {
   }
   let xp = x.ptr, op = out.ptr
   walk { o, s, step, n in for j in 0..<n { op[o + j] = xp[s + j * step] } }
-  return out.record([x]) { _, g in
+  return out.record([x]) { g in
     let gx = x.gradPointer()
     walk { o, s, step, n in for j in 0..<n { gx[s + j * step] += g[o + j] } }
   }
@@ -72,8 +73,9 @@ public func concat(_ xs: [Tensor], axis: Int) -> Tensor {
     }
     start += n
   }
-  return out.record(xs) { _, g in
-    for (x, s) in zip(xs, starts) where x.requiresGrad {
+  let slots = xs.map(\.slot)  // the backward copies gradients only: no input values kept
+  return out.record(xs) { g in
+    for (x, s) in zip(slots, starts) where x.requiresGrad {
       let n = x.shape[ax], gx = x.gradPointer()
       for o in 0..<outer {
         let src = g + (o * total + s) * inner, dst = gx + o * n * inner
@@ -95,8 +97,9 @@ public func slice(_ x: Tensor, axis: Int, _ range: Range<Int>) -> Tensor {
   for o in 0..<outer {
     (out.ptr + o * len).update(from: x.ptr + (o * n + range.lowerBound) * inner, count: len)
   }
-  return out.record([x]) { _, g in
-    let gx = x.gradPointer()
+  let xs = x.slot
+  return out.record([x]) { g in
+    let gx = xs.gradPointer()
     for o in 0..<outer {
       let dst = gx + (o * n + range.lowerBound) * inner, src = g + o * len
       for j in 0..<len { dst[j] += src[j] }

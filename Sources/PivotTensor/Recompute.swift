@@ -9,13 +9,14 @@ public func recomputed(_ x: Tensor, parameters: [Tensor], _ body: @escaping (Ten
   let trainable = parameters.filter(\.requiresGrad)
   guard GradMode.isEnabled, x.requiresGrad || !trainable.isEmpty else { return body(x) }
   let out = noGrad { body(x) }.detached()
-  return out.record([x] + trainable) { out, g in
+  let shape = out.shape
+  return out.record([x] + trainable) { g in
     let input = x.detached()  // a leaf: the rerun's graph stops here
     input.requiresGrad = x.requiresGrad
     let rerun = withGrad { body(input) }
-    precondition(rerun.shape == out.shape, "recomputed: the rerun gave \(rerun.shape), the forward \(out.shape)")
+    precondition(rerun.shape == shape, "recomputed: the rerun gave \(rerun.shape), the forward \(shape)")
     guard rerun.requiresGrad else { return }
-    let seed = Tensor(empty: out.shape)
+    let seed = Tensor(empty: shape)
     seed.ptr.update(from: g, count: seed.count)
     rerun.backward(seed: seed)
     if x.requiresGrad, let gi = input.grad {

@@ -12,14 +12,27 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
   public let shape: [Int]
   public let count: Int
 
+  /// This tensor's place in the autograd graph. The graph holds slots, not tensors, so an
+  /// intermediate's values are freed once the forward code drops it, unless a backward rule
+  /// captured them because it needs them.
+  let slot: GradSlot
   /// Whether gradients flow to (leaf) or through (interior) this tensor.
-  public var requiresGrad: Bool
+  public var requiresGrad: Bool {
+    get { slot.requiresGrad }
+    set { slot.requiresGrad = newValue }
+  }
   /// Accumulated gradient, same shape. For trainable parameters a view into the flat
   /// gradient buffer; for interior tensors allocated during backward and freed after use.
-  public var grad: Tensor?
+  public var grad: Tensor? {
+    get { slot.grad }
+    set { slot.grad = newValue }
+  }
   /// Keeps the gradient of an interior tensor after backward (for tests and inspection).
-  public var retainsGrad = false
-  var node: BackwardNode?
+  public var retainsGrad: Bool {
+    get { slot.retainsGrad }
+    set { slot.retainsGrad = newValue }
+  }
+  var node: BackwardNode? { slot.node }
   public var name: String?
   /// Set when a frozen (R, C) parameter keeps only bfloat16 values (`keepOnlyBF16`).
   public internal(set) var bf16Values: BF16Matrix?
@@ -31,7 +44,7 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
     self.offset = offset
     self.shape = shape
     self.count = n
-    self.requiresGrad = requiresGrad
+    self.slot = GradSlot(shape: shape, requiresGrad: requiresGrad)
   }
 
   /// Uninitialised tensor from the pool (every element must be written).
@@ -122,6 +135,24 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
 
   /// Gradient buffer, created zeroed on first use; backward kernels add into it.
   @inline(__always)
+  func gradPointer() -> UnsafeMutablePointer<Float> { slot.gradPointer() }
+}
+
+/// A tensor's gradient state, apart from its values: what the graph refers to. A backward rule
+/// captures the slots of inputs whose values it does not need, and the tensors of those it does.
+final class GradSlot {
+  let shape: [Int]
+  var requiresGrad: Bool
+  var grad: Tensor?
+  var retainsGrad = false
+  var node: BackwardNode?
+
+  init(shape: [Int], requiresGrad: Bool) {
+    self.shape = shape
+    self.requiresGrad = requiresGrad
+  }
+
+  @inline(__always)
   func gradPointer() -> UnsafeMutablePointer<Float> {
     if let g = grad { return g.ptr }
     let g = Tensor.zeros(shape)
@@ -130,13 +161,13 @@ public final class Tensor: @unchecked Sendable, CustomStringConvertible {
   }
 }
 
-/// One recorded op: the inputs it read and the rule that turns the output's gradient into
-/// input gradients. The rule gets the output tensor as an argument rather than capturing it,
-/// so the graph holds no reference cycles.
+/// One recorded op: the inputs' slots and the rule that turns the output's gradient into input
+/// gradients. A rule that needs the output's values captures a view of them (`detached()`,
+/// another slot), so the graph holds no reference cycles.
 final class BackwardNode {
-  let inputs: [Tensor]
-  let rule: (_ output: Tensor, _ gradOutput: UnsafeMutablePointer<Float>) -> Void
-  init(_ inputs: [Tensor], _ rule: @escaping (Tensor, UnsafeMutablePointer<Float>) -> Void) {
+  let inputs: [GradSlot]
+  let rule: (_ gradOutput: UnsafeMutablePointer<Float>) -> Void
+  init(_ inputs: [GradSlot], _ rule: @escaping (UnsafeMutablePointer<Float>) -> Void) {
     self.inputs = inputs
     self.rule = rule
   }
@@ -170,10 +201,10 @@ public func noGrad<R>(_ body: () throws -> R) rethrows -> R {
 extension Tensor {
   /// Records `rule` as this tensor's backward step when any input needs a gradient.
   @inline(__always)
-  func record(_ inputs: [Tensor], _ rule: @escaping (Tensor, UnsafeMutablePointer<Float>) -> Void) -> Tensor {
+  func record(_ inputs: [Tensor], _ rule: @escaping (UnsafeMutablePointer<Float>) -> Void) -> Tensor {
     guard GradMode.isEnabled, inputs.contains(where: { $0.requiresGrad }) else { return self }
     requiresGrad = true
-    node = BackwardNode(inputs, rule)
+    slot.node = BackwardNode(inputs.map(\.slot), rule)
     return self
   }
 
@@ -189,9 +220,9 @@ extension Tensor {
       gradPointer()[0] += 1
     }
     // Iterative post-order DFS: deep graphs (24 layers × many ops) must not overflow the stack.
-    var order: [Tensor] = []
+    var order: [GradSlot] = []
     var visited = Set<ObjectIdentifier>()
-    var stack: [(Tensor, Bool)] = [(self, false)]
+    var stack: [(GradSlot, Bool)] = [(slot, false)]
     while let (t, expanded) = stack.popLast() {
       if expanded { order.append(t); continue }
       let id = ObjectIdentifier(t)
@@ -206,7 +237,7 @@ extension Tensor {
     }
     for t in order.reversed() {
       guard let node = t.node else { continue }
-      if let g = t.grad { node.rule(t, g.ptr) }
+      if let g = t.grad { node.rule(g.ptr) }
       t.node = nil
       if !t.retainsGrad { t.grad = nil }
     }

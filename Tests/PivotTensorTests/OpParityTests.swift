@@ -170,4 +170,40 @@ struct DropoutSplitTests {
     recomputed(data, parameters: [w]) { body($0, w) }.backward(seed: seed)
     #expect(w.grad != nil && data.grad == nil)
   }
+
+  /// The graph keeps an intermediate's values only when a backward rule needs them: a frozen
+  /// weight's linear, a sum, a reshape and a rotation keep none; a trainable weight's linear keeps
+  /// its input for dW. Gradients are unchanged either way.
+  @Test func graphKeepsOnlyValuesBackwardNeeds() {
+    var r = PivotRNG(seed: 8)
+    let x = Tensor(empty: [2, 3, 8]), w = Tensor(empty: [8, 8])
+    for t in [x, w] { r.fillUniform(t, low: -1, high: 1) }
+    x.requiresGrad = true
+    let table = RopeTable(positions: [0, 1, 2], headSize: 4, theta: 10_000)
+    func run(trainableWeight: Bool) -> (kept: Bool, dx: [Float]) {
+      w.requiresGrad = trainableWeight
+      x.grad = nil
+      w.grad = nil
+      weak var intermediate: Storage?
+      let y: Tensor = {
+        let h = scale(x, 2)  // (2, 3, 8)
+        intermediate = h.storage
+        let z = linear(h, w) + scale(x, 1)
+        return rope(reshape(z, [2, 3, 2, 4]), table: table)
+      }()
+      let kept = intermediate != nil
+      y.backward(seed: Tensor.full(y.shape, 0.5))
+      return (kept, x.grad!.scalars)
+    }
+    let frozen = run(trainableWeight: false), trainable = run(trainableWeight: true)
+    #expect(!frozen.kept, "a frozen weight's linear kept its input")
+    #expect(trainable.kept, "a trainable weight's linear needs its input for dW")
+    #expect(frozen.dx == trainable.dx)
+    #expect(w.grad != nil)
+    let (worst, at) = gradcheck([x]) { t in
+      w.requiresGrad = false
+      return rope(reshape(linear(scale(t[0], 2), w) + t[0], [2, 3, 2, 4]), table: table)
+    }
+    #expect(worst <= 1, "\(at)")
+  }
 }
