@@ -91,6 +91,15 @@ struct ModelBench {
     ]
   }
 
+  /// Memory once the model is built (resident now, and the peak so far, which a conversion
+  /// during the build may set), then the whole process's peak when the record is written.
+  struct BuildMemory {
+    let resident = BenchClock.currentRSSMiB(), peak = peakResidentMiB()
+    var fields: [String: Any] {
+      ["rss_after_build_mib": resident, "peak_rss_after_build_mib": peak, "peak_rss_mib": peakResidentMiB()]
+    }
+  }
+
   static func summary(_ times: [Double]) -> [String: Any] {
     let med = BenchClock.median(times), mn = times.min() ?? 0
     return [
@@ -122,7 +131,7 @@ struct ModelBench {
     let optimizer = AdamW(parameters: model.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
     let buildSeconds = BenchClock.now() - t0
     BufferPool.shared.drain()
-    let rssAfterBuild = BenchClock.currentRSSMiB(), peakAfterBuild = peakResidentMiB()
+    let built = BuildMemory()
     // ids = [placeholder × Q ; text] per row, labels −100 on the image slot.
     var ids: [Int32] = [], labels: [Int32] = []
     for r in 0..<b {
@@ -170,14 +179,14 @@ struct ModelBench {
     let cores = meter.effectiveCores()
     let calibAfter = BenchClock.calibrationGflops()
     let sum = Self.summary(rows.map { $0["total"]! })
-    var record = common(s).merging(sum) { a, _ in a }
+    var record = common(s).merging(sum) { a, _ in a }.merging(built.fields) { a, _ in a }
     record.merge([
       "phase": "stage\(stage)", "metric": "train_step", "B": b, "T": t, "num_query_tokens": q, "seq_len": length,
       "text_tokens_per_s": Double(b * t) / (sum["seconds_median"] as! Double),
       "breakdown_median_s": Self.medians(rows),
       "trainable_params": optimizer.parameterCount, "optimizer": "AdamW(lr=1e-4, wd=0.01) flat buffers",
       "losses": losses.map { Double(($0 * 1e5).rounded() / 1e5) }, "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_after_build_mib": peakAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
+      "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
@@ -224,7 +233,7 @@ struct ModelBench {
     let t0 = BenchClock.now()
     let s = try inferenceSetup()
     let buildSeconds = BenchClock.now() - t0
-    let rssAfterBuild = BenchClock.currentRSSMiB(), peakAfterBuild = peakResidentMiB()
+    let built = BuildMemory()
     let length = s.queries + s.textLength
     let cache = KVCache(config: s.model.languageModel.config, capacity: length + Self.decodeNewTokens)
     let (warmup, reps) = reps()
@@ -242,13 +251,13 @@ struct ModelBench {
     let calibAfter = BenchClock.calibrationGflops()
     let sum = Self.summary(rows.map { $0["total"]! })
     let llm = BenchClock.median(rows.map { $0["llm"]! })
-    var record = common(s).merging(sum) { a, _ in a }
+    var record = common(s).merging(sum) { a, _ in a }.merging(built.fields) { a, _ in a }
     record.merge([
       "phase": "prefill", "metric": "prefill", "B": 1, "T": s.textLength, "num_query_tokens": s.queries, "seq_len": length,
       "tokens_per_s": Double(length) / (sum["seconds_median"] as! Double),
       "llm_only_seconds_median": llm, "llm_only_tokens_per_s": Double(length) / llm,
       "breakdown_median_s": Self.medians(rows), "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_after_build_mib": peakAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
+      "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
@@ -258,7 +267,7 @@ struct ModelBench {
     let t0 = BenchClock.now()
     let s = try inferenceSetup()
     let buildSeconds = BenchClock.now() - t0
-    let rssAfterBuild = BenchClock.currentRSSMiB(), peakAfterBuild = peakResidentMiB()
+    let built = BuildMemory()
     let lm = s.model.languageModel
     let length = s.queries + s.textLength
     let n = Self.decodeNewTokens
@@ -295,12 +304,12 @@ struct ModelBench {
     let calibAfter = BenchClock.calibrationGflops()
     let sum = Self.summary(times)
     let med = sum["seconds_median"] as! Double
-    var record = common(s).merging(sum) { a, _ in a }
+    var record = common(s).merging(sum) { a, _ in a }.merging(built.fields) { a, _ in a }
     record.merge([
       "phase": "decode", "metric": "decode_manual_kv_loop", "B": 1, "prompt_len": length, "new_tokens": n,
       "final_cache_len": length + n, "tokens_per_s": Double(n) / med, "ms_per_token": 1000 * med / Double(n),
       "first_tokens": tokens.prefix(8).map { Int($0) }, "build_s": buildSeconds,
-      "rss_after_build_mib": rssAfterBuild, "peak_rss_after_build_mib": peakAfterBuild, "peak_rss_mib": peakResidentMiB(), "effective_cores": cores,
+      "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,
     ]) { a, _ in a }
     emitJSON(record)
