@@ -28,7 +28,9 @@ let package = Package(
     .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
     .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
     .target(name: "CJPEGShim", dependencies: ["CJPEG"], cSettings: [.unsafeFlags(["-O2"])]),
-    .target(name: "PivotTensor", dependencies: ["COpenBLAS"], swiftSettings: kernels),
+    // AMX tile kernels: C, because Swift has no way to name tile registers.
+    .target(name: "CPivotAMX", cSettings: [.unsafeFlags(["-O2"])]),
+    .target(name: "PivotTensor", dependencies: ["COpenBLAS", "CPivotAMX"], swiftSettings: kernels),
     .target(name: "PivotText", swiftSettings: fast),
     .target(name: "PivotData", dependencies: ["CZstd", "CJPEG", "CJPEGShim"], swiftSettings: fast),
     .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: fast),

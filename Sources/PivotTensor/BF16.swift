@@ -332,8 +332,16 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
   let n = x.count / inF
   let out = Tensor(empty: Array(x.shape.dropLast()) + [outF])  // (N, out)
   let tiles = (outF + bf16TileRows - 1) / bf16TileRows
+  let bf16 = n > 1 && MatmulPrecision.current == .bfloat16
   if n == 1 {
     Kernels.gemvBF16(out: out.ptr, weight: weight.bits, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
+  } else if bf16 {  // bfloat16 products read the bits as they are: B = Wᵀ
+    if let bias {
+      let bp = bias.ptr, op = out.ptr
+      for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
+    }
+    gemmBF16(m: n, n: outF, k: inF, a: x.ptr, aRowStride: inF, aColStride: 1, b: .bits(weight.bits),
+             bRowStride: 1, bColStride: inF, c: out.ptr, ldc: outF, accumulate: bias != nil)
   } else {
     if let bias {
       let bp = bias.ptr, op = out.ptr
@@ -354,7 +362,10 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
   let inputs = bias.map { [x, $0] } ?? [x]
   let xs = x.slot  // the weight is frozen: no input values kept
   return out.record(inputs) { g in
-    if xs.requiresGrad {  // dx (N, in) += dy (N, out) · W (out, in)
+    if xs.requiresGrad && bf16 {  // dx (N, in) += dy (N, out) · W (out, in)
+      gemmBF16(m: n, n: inF, k: outF, a: g, aRowStride: outF, aColStride: 1, b: .bits(weight.bits),
+               bRowStride: inF, bColStride: 1, c: xs.gradPointer(), ldc: inF, accumulate: true)
+    } else if xs.requiresGrad {
       let dx = xs.gradPointer()
       let workers = min(Threads.count, tiles)
       let shares = (1..<max(workers, 1)).map { _ in Tensor.zeros([n, inF]) }  // (N, in) per extra worker

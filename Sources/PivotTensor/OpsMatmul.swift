@@ -76,6 +76,8 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
   if let bias { precondition(bias.shape == [outF], "linear bias \(bias.shape) for \(outF) outputs") }
   let n = x.count / inF
   let out = Tensor(empty: Array(x.shape.dropLast()) + [outF])
+  // The precision in effect when the op runs also rules its backward, as autocast does.
+  let bf16 = n > 1 && MatmulPrecision.current == .bfloat16
   if n == 1 {  // one row (decode): a GEMV streams W once, where SGEMM would pack it first
     Kernels.gemvF32(out: out.ptr, weight: weight.ptr, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
   } else {
@@ -84,20 +86,35 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
       let bp = bias.ptr, op = out.ptr
       for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
     }
-    sgemm(transA: false, transB: true, m: n, n: outF, k: inF, a: x.ptr, lda: inF, b: weight.ptr, ldb: inF,
-          beta: bias == nil ? 0 : 1, c: out.ptr, ldc: outF)
+    if bf16 {  // B = Wᵀ: B[p][j] = W[j][p]
+      gemmBF16(m: n, n: outF, k: inF, a: x.ptr, aRowStride: inF, aColStride: 1, b: .float32(weight.ptr),
+               bRowStride: 1, bColStride: inF, c: out.ptr, ldc: outF, accumulate: bias != nil)
+    } else {
+      sgemm(transA: false, transB: true, m: n, n: outF, k: inF, a: x.ptr, lda: inF, b: weight.ptr, ldb: inF,
+            beta: bias == nil ? 0 : 1, c: out.ptr, ldc: outF)
+    }
   }
   let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
   // A frozen weight's backward needs no input values: keep x only for dW.
   let xs = x.slot, savedX = weight.requiresGrad ? x : nil
   return out.record(inputs) { g in
     if xs.requiresGrad {  // dx (N, in) = dy (N, out) · W (out, in)
-      sgemm(transA: false, transB: false, m: n, n: inF, k: outF, a: g, lda: outF, b: weight.ptr, ldb: inF,
-            beta: 1, c: xs.gradPointer(), ldc: inF)
+      if bf16 {
+        gemmBF16(m: n, n: inF, k: outF, a: g, aRowStride: outF, aColStride: 1, b: .float32(weight.ptr),
+                 bRowStride: inF, bColStride: 1, c: xs.gradPointer(), ldc: inF, accumulate: true)
+      } else {
+        sgemm(transA: false, transB: false, m: n, n: inF, k: outF, a: g, lda: outF, b: weight.ptr, ldb: inF,
+              beta: 1, c: xs.gradPointer(), ldc: inF)
+      }
     }
     if let savedX, weight.requiresGrad {  // dW (out, in) = dyᵀ · x
-      sgemm(transA: true, transB: false, m: outF, n: inF, k: n, a: g, lda: outF, b: savedX.ptr, ldb: inF,
-            beta: 1, c: weight.gradPointer(), ldc: inF)
+      if bf16 {
+        gemmBF16(m: outF, n: inF, k: n, a: g, aRowStride: 1, aColStride: outF, b: .float32(savedX.ptr),
+                 bRowStride: inF, bColStride: 1, c: weight.gradPointer(), ldc: inF, accumulate: true)
+      } else {
+        sgemm(transA: true, transB: false, m: outF, n: inF, k: n, a: g, lda: outF, b: savedX.ptr, ldb: inF,
+              beta: 1, c: weight.gradPointer(), ldc: inF)
+      }
     }
     if let bias, bias.requiresGrad {
       let gb = bias.gradPointer()

@@ -1,5 +1,6 @@
 import Foundation
 import PivotNN
+import PivotTensor
 import Yams
 
 /// A recipe problem, pointing at the file, the line and the key.
@@ -48,6 +49,8 @@ public struct Recipe: Sendable, Codable {
     public var frozenDtype = "f32"
     /// LLM layers (from the first) that rerun in backward instead of keeping their activations.
     public var recomputeLayers = 0
+    /// Precision of products of more than one row: fp32, or bf16 operands with float32 sums.
+    public var matmul: MatmulPrecision = .float32
   }
   public struct Source: Sendable, Codable {
     public var shards: String
@@ -163,7 +166,7 @@ public struct Recipe: Sendable, Codable {
         for (k, v) in try y.mapping(value, "model", allowed: [
           "pivot", "vision", "llm", "qformer", "vision_config", "llm_config", "qformer_config", "qformer_layers", "num_query_tokens",
           "image_size", "feature_layer", "tokenizer", "chat_template", "frozen_dtype",
-          "recompute_layers",
+          "recompute_layers", "matmul",
         ]) {
           let p = "model.\(k)"
           switch k {
@@ -185,6 +188,9 @@ public struct Recipe: Sendable, Codable {
             guard ["f32", "bf16"].contains(r.model.frozenDtype) else { throw y.error(v, p, "must be f32 or bf16") }
           case "recompute_layers":
             r.model.recomputeLayers = try y.string(v, p) == "all" ? Int.max : try y.int(v, p, min: 0)
+          case "matmul":
+            guard let precision = MatmulPrecision(rawValue: try y.string(v, p)) else { throw y.error(v, p, "must be fp32 or bf16") }
+            r.model.matmul = precision
           default: break
           }
         }

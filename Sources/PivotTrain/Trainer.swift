@@ -134,6 +134,10 @@ public final class Trainer {
 
   /// Mean loss over `recipe.evalBatches` batches of a fresh evaluation source, without gradients.
   public func evaluate() throws -> Double? {
+    try MatmulPrecision.with(recipe.model.matmul) { try evaluateUnderPrecision() }
+  }
+
+  private func evaluateUnderPrecision() throws -> Double? {
     guard let make = makeEvalSource else { return nil }
     let src = try make()
     var total = 0.0, counted = 0
@@ -148,7 +152,12 @@ public final class Trainer {
     return counted == 0 ? nil : total / Double(counted)
   }
 
+  /// Trains to `maxSteps`, every product at the recipe's `model.matmul` precision.
   public func run(onEvent: (TrainEvent) -> Void) throws {
+    try MatmulPrecision.with(recipe.model.matmul) { try runSteps(onEvent: onEvent) }
+  }
+
+  private func runSteps(onEvent: (TrainEvent) -> Void) throws {
     try FileManager.default.createDirectory(atPath: recipe.output, withIntermediateDirectories: true)
     let metrics = try MetricsLog(directory: recipe.output, append: step > 0)
     if step > 0 { try metrics.truncate(after: step) }

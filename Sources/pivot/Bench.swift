@@ -26,6 +26,8 @@ struct Bench: ParsableCommand {
   var llmWeights: String?
   @Option(help: "stage1/stage2: LLM layers (from the first) that rerun in backward instead of keeping their activations (recipe key model.recompute_layers).")
   var recomputeLayers = 0
+  @Option(help: "Products of more than one row: fp32, or bf16 (operands rounded to bfloat16, float32 sums; AMX tiles where the CPU has them). Recipe key model.matmul.")
+  var matmul: String = "fp32"
   @Option(help: "Worker threads (Pivot and OpenBLAS).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Seconds of timed repetitions per measurement (gemm).") var seconds: Double = 1.5
   @Option(help: "Untimed warm-up repetitions (default: torch_ref.py's count for the scale and phase).") var warmup: Int?
@@ -49,6 +51,7 @@ struct Bench: ParsableCommand {
 
   func run() throws {
     Threads.set(threads)
+    try setMatmulPrecision(matmul)
     switch phase {
     case "gemm": try GemmBench(threads: threads, seconds: seconds).run()
     case "tokenize":

@@ -20,9 +20,11 @@ struct Eval: ParsableCommand {
   @Option(help: "Sample answers to print per language.") var samples = 3
   @Option(help: "Write every question with its expected and given answer to this JSON Lines file.") var answers: String?
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
+  @Option(help: "Products of more than one row: fp32, or bf16 (bfloat16 operands, float32 sums).") var matmul = "fp32"
 
   func run() throws {
     Threads.set(threads)
+    try setMatmulPrecision(matmul)
     let a = try Assistant(modelDir: model)
     let paths = try ShardList.expand(shards)
     guard let first = paths.first else { throw ValidationError("no shards match \(shards)") }

@@ -140,10 +140,12 @@ struct Chat: ParsableCommand {
   @Option(help: "Chat template (chatml, llama3, plain); default: the tokenizer's.") var chatTemplate: String?
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Weights: auto (the checkpoint's own precision), fp32, or bf16 (half the bytes per token).") var dtype = "auto"
+  @Option(help: "Products of more than one row (the prompt's prefill): fp32, or bf16 (bfloat16 operands, float32 sums; AMX where the CPU has it).") var matmul = "fp32"
   @OptionGroup var sampling: SamplingOptions
 
   func run() throws {
     Threads.set(threads)
+    try setMatmulPrecision(matmul)
     let started = Date()
     let a = try Assistant(modelDir: model, chatTemplate: chatTemplate, dtype: dtype)
     var pixels = try image.map { try a.pixels(jpegAt: $0) }
@@ -211,10 +213,12 @@ struct Caption: ParsableCommand {
   @Option(help: "The instruction given with each image.") var prompt = "Describe the image."
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Weights: auto (the checkpoint's own precision), fp32, or bf16.") var dtype = "auto"
+  @Option(help: "Products of more than one row (the prompt's prefill): fp32, or bf16 (bfloat16 operands, float32 sums; AMX where the CPU has it).") var matmul = "fp32"
   @OptionGroup var sampling: SamplingOptions
 
   func run() throws {
     Threads.set(threads)
+    try setMatmulPrecision(matmul)
     let a = try Assistant(modelDir: model, dtype: dtype)
     guard a.hasVision else { throw ValidationError("\(model) has no vision tower") }
     FileManager.default.createFile(atPath: out, contents: nil)
@@ -238,4 +242,10 @@ struct Caption: ParsableCommand {
     }
     bar.finish(detail: "\(counts.good) captioned, \(counts.bad) skipped → \(out)")
   }
+}
+
+/// `--matmul` of the model commands (the recipe key `model.matmul` for `pivot train`).
+func setMatmulPrecision(_ value: String) throws {
+  guard let precision = MatmulPrecision(rawValue: value) else { throw ValidationError("--matmul must be fp32 or bf16, not '\(value)'") }
+  MatmulPrecision.global = precision
 }

@@ -83,7 +83,7 @@ struct ModelBench {
   func common(_ s: Setup) -> [String: Any] {
     [
       "scale": scale, "threads": threads, "blas_core": Threads.blasCore, "dtype": dtype, "impl": "pivot", "llm_weights": llmWeights ?? "random",
-      "recompute_layers": recomputeLayers,
+      "recompute_layers": recomputeLayers, "matmul": MatmulPrecision.current.rawValue, "amx": AMX.inUse,
       "params_vision": s.model.visionTower.parameters().reduce(0) { $0 + $1.count },
       "params_qformer": s.model.qformer.parameters().reduce(0) { $0 + $1.count } + s.model.queryTokens.count,
       "params_proj": s.model.languageProjection.parameters().reduce(0) { $0 + $1.count },

@@ -152,6 +152,27 @@ struct TrainTests {
     }
   }
 
+  /// `model.matmul: bf16` reaches every product of the run (the losses move off the float32
+  /// ones, by no more than bfloat16 rounding allows) and ends with the run: afterwards the
+  /// same task multiplies in float32 again.
+  @Test func bfloat16ProductsFollowTheRecipe() throws {
+    let dir = tempDir("matmul")
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    var losses: [String: [Double]] = [:]
+    for setting in ["fp32", "bf16"] {
+      let r = try recipe(output: dir + "-" + setting, steps: 5, extra: "model:\n  matmul: \(setting)")
+      #expect(r.model.matmul.rawValue == setting)
+      let t = try Trainer(recipe: r, model: tinyDecoder(), source: SyntheticSource(seed: 4, vocab: 48))
+      try t.run { if case .step(let m) = $0 { losses[setting, default: []].append(m.loss) } }
+      #expect(MatmulPrecision.current == .float32)
+      try? FileManager.default.removeItem(atPath: dir + "-" + setting)
+    }
+    #expect(losses["fp32"]!.count == 5 && losses["bf16"]!.count == 5)
+    #expect(losses["fp32"]! != losses["bf16"]!, "bf16 products changed nothing")
+    for (x, y) in zip(losses["fp32"]!, losses["bf16"]!) { #expect(abs(x - y) <= 1e-2 * abs(x), "bf16 \(y) vs fp32 \(x)") }
+    #expect(throws: RecipeError.self) { _ = try recipe(output: dir, steps: 1, extra: "model:\n  matmul: fp16") }
+  }
+
   @Test func interruptedCheckpointWriteLeavesThePreviousOne() throws {
     let out = tempDir("atomic")
     defer { try? FileManager.default.removeItem(atPath: out) }
