@@ -184,6 +184,47 @@ AMX_TARGET static void pack_b_tile(const void *b, int is_bf16, long sk, long sn,
   }
 }
 
+// The B chunk for K blocks kb0… (nkb of them) and columns jc…jc_end: 32-column panels, each
+// two 16-column halves of nkb tiles. With rows of B contiguous (dx = dy·W reads W so) the rows
+// are swept whole, 2 × 256 columns at a time; tile by tile would read each row 32 bytes at a
+// time, every read a cache miss.
+AMX_TARGET static void pack_b_chunk(const void *b, int is_bf16, long sk, long sn, int k, int n, int kb0, int nkb,
+                                    int jc, int jc_end, uint16_t *panels) {
+  size_t panel_elems = 2 * (size_t)nkb * TILE_ELEMS;
+  int groups = (jc_end - jc + 15) / 16;  // 16-column groups
+  int sweep = sn == 1 && jc + 16 * groups == jc_end && jc_end <= n;
+  for (int kb = 0; sweep && kb < nkb; kb++) {
+    int p0 = (kb0 + kb) * 32;
+    if (p0 + 32 > k) {  // the last, partial K block
+      for (int g = 0; g < groups; g++)
+        pack_b_tile(b, is_bf16, sk, sn, k, n, p0, jc + 16 * g,
+                    panels + (size_t)(g / 2) * panel_elems + ((size_t)(g % 2) * nkb + kb) * TILE_ELEMS);
+      continue;
+    }
+    for (int q = 0; q < 16; q++) {
+      long even = (long)(p0 + 2 * q) * sk, odd = even + sk;
+      for (int g = 0; g < groups; g++) {
+        long col = jc + 16 * g;
+        __m256i ev, ov;
+        if (is_bf16) {
+          ev = _mm256_loadu_si256((const __m256i *)((const uint16_t *)b + even + col));
+          ov = _mm256_loadu_si256((const __m256i *)((const uint16_t *)b + odd + col));
+        } else {
+          ev = bf16_from_f32x16((const float *)b + even + col);
+          ov = bf16_from_f32x16((const float *)b + odd + col);
+        }
+        uint16_t *tile = panels + (size_t)(g / 2) * panel_elems + ((size_t)(g % 2) * nkb + kb) * TILE_ELEMS;
+        _mm512_storeu_si512(tile + q * 32, interleave_bf16(ev, ov));
+      }
+    }
+  }
+  // Otherwise group by group along K: each of a group's 16 columns is read as one stream.
+  for (int g = 0; !sweep && g < groups; g++)
+    for (int kb = 0; kb < nkb; kb++)
+      pack_b_tile(b, is_bf16, sk, sn, k, n, (kb0 + kb) * 32, jc + 16 * g,
+                  panels + (size_t)(g / 2) * panel_elems + ((size_t)(g % 2) * nkb + kb) * TILE_ELEMS);
+}
+
 // Moves a 16×16 float32 accumulator tile between a tile register and C through a bounce
 // buffer in L1 (masked at the edges). The tile register must be an immediate, hence macros.
 #define TILE_IN(t, row0, col0)                                                            \
@@ -228,12 +269,7 @@ AMX_TARGET void pivot_amx_gemm_columns(const uint16_t *packed_a, int m, int k,
       int nkb = k_blocks - kb0 < KC_BLOCKS ? k_blocks - kb0 : KC_BLOCKS;
       int first = kb0 == 0 && !accumulate;
       size_t panel_elems = 2 * (size_t)nkb * TILE_ELEMS;  // one 32-column panel: two 16-column halves
-      for (int j0 = jc; j0 < jc_end; j0 += 32) {
-        uint16_t *panel = panels + (size_t)((j0 - jc) / 32) * panel_elems;
-        for (int h = 0; h < 2; h++)
-          for (int kb = 0; kb < nkb; kb++)
-            pack_b_tile(b, b_is_bf16, sk, sn, k, n1, (kb0 + kb) * 32, j0 + 16 * h, panel + ((size_t)h * nkb + kb) * TILE_ELEMS);
-      }
+      pack_b_chunk(b, b_is_bf16, sk, sn, k, n1, kb0, nkb, jc, jc_end, panels);
       for (int mb = 0; mb < m_blocks; mb += 2) {
         int i0 = mb * 16;
         const uint16_t *a0 = packed_a + a_tile_offset(mb, kb0, k_blocks);
