@@ -196,6 +196,10 @@ public final class DecoderLM: Module, @unchecked Sendable {
     }
     if rows.isEmpty { return (sum(scale(hidden, 0)), 0) }
     let picked = gatherRows(hidden, rows: rows)  // (N, C)
+    if !headWeight.requiresGrad {  // a frozen head: vocabulary tiles over all rows, two sweeps of W
+      let frozen: FrozenHeadWeight = headWeight.bf16Values.map { .bfloat16($0) } ?? .float32(headWeight)
+      return (frozenHeadCrossEntropy(model.norm(picked), head: frozen, targets: targets), rows.count)
+    }
     // Row blocks: the whole (N, V) logits and their gradient never exist at once.
     let loss = chunkedHeadCrossEntropy(model.norm(picked), targets: targets, headParameters: [headWeight]) { [unowned self] in self.head($0) }
     return (loss, rows.count)

@@ -222,3 +222,61 @@ struct ChunkedHeadCrossEntropyTests {
     w.requiresGrad = false
   }
 }
+
+/// A frozen head's cross-entropy by vocabulary tiles (online log-sum-exp, two sweeps of W)
+/// against the whole logits: loss and input gradient, float32 and bfloat16 weights, tiles that
+/// do not divide the vocabulary, ignored targets; under bfloat16 products against the row-block
+/// path under the same precision; and a finite-difference gradcheck.
+@Suite("Frozen head cross-entropy")
+struct FrozenHeadCrossEntropyTests {
+  static let (n, c, v) = (7, 24, 50)
+  static var targets: [Int32] {
+    var t: [Int32] = (0..<n).map { Int32(($0 * 13) % v) }
+    t[2] = -100
+    return t
+  }
+
+  static func run(_ x: Tensor, _ loss: () -> Tensor) -> (Float, Tensor) {
+    x.grad = nil
+    x.requiresGrad = true
+    let l = loss()
+    l.backward(seed: Tensor([0.5], shape: []))
+    return (l.item, x.grad!.clone())
+  }
+
+  @Test(arguments: [7, 16, 64])
+  func tilesMatchWholeLogits(vocabTile: Int) {
+    let w = KernelPathTests.random([Self.v, Self.c], seed: 40)
+    let x = KernelPathTests.random([Self.n, Self.c], seed: 41)
+    let w16 = BF16Matrix(w)
+    for bf16 in [false, true] {
+      let head: (Tensor) -> Tensor = { bf16 ? linear($0, w16) : linear($0, w) }
+      let frozen: FrozenHeadWeight = bf16 ? .bfloat16(w16) : .float32(w)
+      let whole = Self.run(x) { crossEntropy(head(x), targets: Self.targets) }
+      let tiles = Self.run(x) { frozenHeadCrossEntropy(x, head: frozen, targets: Self.targets, vocabTile: vocabTile) }
+      #expect(abs(tiles.0 - whole.0) < 1e-5, "bf16 \(bf16), tile \(vocabTile): loss \(tiles.0) vs \(whole.0)")
+      let (ok, d) = compare(tiles.1, whole.1, atol: 1e-6, rtol: 1e-5)
+      #expect(ok, "bf16 \(bf16), tile \(vocabTile): input gradient differs by \(d)")
+      let inference = noGrad { frozenHeadCrossEntropy(x, head: frozen, targets: Self.targets, vocabTile: vocabTile) }
+      #expect(abs(inference.item - tiles.0) < 1e-6)
+
+      MatmulPrecision.with(.bfloat16) {
+        let blocks = Self.run(x) { chunkedHeadCrossEntropy(x, targets: Self.targets, headParameters: [w], head: head) }
+        let tiled = Self.run(x) { frozenHeadCrossEntropy(x, head: frozen, targets: Self.targets, vocabTile: vocabTile) }
+        #expect(abs(tiled.0 - blocks.0) < 1e-5, "bf16 products: loss \(tiled.0) vs \(blocks.0)")
+        #expect(abs(tiled.0 - whole.0) > 1e-7, "bf16 products changed nothing")
+        let (okB, dB) = compare(tiled.1, blocks.1, atol: 1e-6, rtol: 1e-4)
+        #expect(okB, "bf16 products, tile \(vocabTile): input gradient differs by \(dB)")
+      }
+    }
+  }
+
+  @Test func gradcheckThroughTiles() {
+    let w = KernelPathTests.random([30, 8], seed: 42)
+    let x = KernelPathTests.random([5, 8], seed: 43)
+    let targets: [Int32] = [3, -100, 29, 0, 17]
+    let (worst, at) = gradcheck([x]) { t in frozenHeadCrossEntropy(t[0], head: .float32(w), targets: targets, vocabTile: 7) }
+    #expect(worst <= 1, "worst gradient at \(at)")
+    #expect(w.grad == nil)
+  }
+}

@@ -1,0 +1,127 @@
+import Foundation
+
+/// A frozen output layer's weight (V, C): float32 values or bfloat16 bits.
+public enum FrozenHeadWeight {
+  case float32(Tensor)
+  case bfloat16(BF16Matrix)
+
+  var vocab: Int { switch self { case .float32(let w): w.shape[0]; case .bfloat16(let m): m.rows } }
+  var width: Int { switch self { case .float32(let w): w.shape[1]; case .bfloat16(let m): m.cols } }
+
+  /// logits (N, cols) = x (N, C) · W[columns]ᵀ, row stride `ldl`. `scratch` holds a float32
+  /// copy of a bfloat16 tile when products are float32.
+  func logits(_ x: UnsafePointer<Float>, n: Int, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, ldl: Int, scratch: Tensor) {
+    let c = width, v0 = columns.lowerBound, cols = columns.count
+    switch (self, MatmulPrecision.current) {
+    case (.float32(let w), .float32):
+      sgemm(transA: false, transB: true, m: n, n: cols, k: c, a: x, lda: c, b: w.ptr + v0 * c, ldb: c, beta: 0, c: out, ldc: ldl)
+    case (.float32(let w), .bfloat16):
+      gemmBF16(m: n, n: cols, k: c, a: x, aRowStride: c, aColStride: 1, b: .float32(w.ptr + v0 * c),
+               bRowStride: 1, bColStride: c, c: out, ldc: ldl, accumulate: false)
+    case (.bfloat16(let m), .bfloat16):
+      gemmBF16(m: n, n: cols, k: c, a: x, aRowStride: c, aColStride: 1, b: .bits(m.bits + v0 * c),
+               bRowStride: 1, bColStride: c, c: out, ldc: ldl, accumulate: false)
+    case (.bfloat16(let m), .float32):
+      Kernels.bf16ToFloat(out: scratch.ptr, inp: m.bits + v0 * c, count: cols * c)
+      sgemm(transA: false, transB: true, m: n, n: cols, k: c, a: x, lda: c, b: scratch.ptr, ldb: c, beta: 0, c: out, ldc: ldl)
+    }
+  }
+
+  /// dx (N, C) += dlogits (N, cols) · W[columns]; `scratch` as in `logits`, already widened.
+  func addInputGradient(_ dlogits: UnsafePointer<Float>, n: Int, columns: Range<Int>, ldl: Int, into dx: UnsafeMutablePointer<Float>, scratch: Tensor) {
+    let c = width, v0 = columns.lowerBound, cols = columns.count
+    switch (self, MatmulPrecision.current) {
+    case (.float32(let w), .float32):
+      sgemm(transA: false, transB: false, m: n, n: c, k: cols, a: dlogits, lda: ldl, b: w.ptr + v0 * c, ldb: c, beta: 1, c: dx, ldc: c)
+    case (.float32(let w), .bfloat16):
+      gemmBF16(m: n, n: c, k: cols, a: dlogits, aRowStride: ldl, aColStride: 1, b: .float32(w.ptr + v0 * c),
+               bRowStride: c, bColStride: 1, c: dx, ldc: c, accumulate: true)
+    case (.bfloat16(let m), .bfloat16):
+      gemmBF16(m: n, n: c, k: cols, a: dlogits, aRowStride: ldl, aColStride: 1, b: .bits(m.bits + v0 * c),
+               bRowStride: c, bColStride: 1, c: dx, ldc: c, accumulate: true)
+    case (.bfloat16, .float32):
+      sgemm(transA: false, transB: false, m: n, n: c, k: cols, a: dlogits, lda: ldl, b: scratch.ptr, ldb: c, beta: 1, c: dx, ldc: c)
+    }
+  }
+}
+
+/// Mean next-token cross-entropy of x (N, C) through a frozen head W (V, C), ignoring
+/// `ignoreIndex` targets, computed vocabulary tile by vocabulary tile over all rows at once:
+/// a first sweep keeps a running log-sum-exp per row (Milakov and Gimelshein's online
+/// softmax), a second recomputes each tile's logits and adds (softmax − onehot) · W to dx.
+/// Neither the (N, V) logits nor their gradient ever exist, and the head's weight is read
+/// twice per call, each time for all N rows (row blocks would read it twice per block).
+/// Only x gets a gradient: the head is frozen.
+public func frozenHeadCrossEntropy(_ x: Tensor, head: FrozenHeadWeight, targets: [Int32], ignoreIndex: Int32 = -100, vocabTile: Int = 2048) -> Tensor {
+  let c = x.size(-1), n = x.count / c, v = head.vocab
+  precondition(head.width == c, "frozen head (\(v), \(head.width)) for input \(x.shape)")
+  precondition(targets.count == n, "cross-entropy: \(targets.count) targets for \(n) rows")
+  for t in targets where t != ignoreIndex { precondition(t >= 0 && Int(t) < v, "cross-entropy target \(t) outside the vocabulary of \(v)") }
+  let counted = targets.reduce(0) { $0 + ($1 == ignoreIndex ? 0 : 1) }
+  if counted == 0 { return Tensor([0], shape: []) }
+  let tileWidth = min(vocabTile, v)
+  let tile = Tensor(empty: [n, tileWidth])  // (N, tile) logits, then their gradient
+  let widened = Tensor(empty: [tileWidth, c])  // (tile, C) float32 copy of a bfloat16 tile
+  let tiles = stride(from: 0, to: v, by: tileWidth).map { $0..<min($0 + tileWidth, v) }
+  let xp = x.ptr, lp = tile.ptr
+
+  // Sweep 1: running max and Σ exp per row, and each row's target logit.
+  var runningMax = [Float](repeating: -.infinity, count: n), runningSum = [Double](repeating: 0, count: n)
+  var targetLogit = [Float](repeating: 0, count: n)
+  for cols in tiles {
+    head.logits(xp, n: n, columns: cols, into: lp, ldl: tileWidth, scratch: widened)
+    runningMax.withUnsafeMutableBufferPointer { mx in
+      runningSum.withUnsafeMutableBufferPointer { sm in
+        targetLogit.withUnsafeMutableBufferPointer { tl in
+          parallelFor(n, grain: max(1, 16384 / cols.count)) { rows in
+            for r in rows where targets[r] != ignoreIndex {
+              let row = lp + r * tileWidth
+              var m = -Float.infinity
+              for j in 0..<cols.count { m = max(m, row[j]) }
+              var s: Float = 0
+              for j in 0..<cols.count { s += expf(row[j] - m) }
+              if m > mx[r] {
+                sm[r] = sm[r] * Double(expf(mx[r] - m)) + Double(s)
+                mx[r] = m
+              } else {
+                sm[r] += Double(s) * Double(expf(m - mx[r]))
+              }
+              let t = Int(targets[r])
+              if cols.contains(t) { tl[r] = row[t - cols.lowerBound] }
+            }
+          }
+        }
+      }
+    }
+  }
+  var lse = [Float](repeating: 0, count: n), total = 0.0
+  for r in 0..<n where targets[r] != ignoreIndex {
+    lse[r] = runningMax[r] + Float(log(runningSum[r]))
+    total += Double(lse[r] - targetLogit[r])
+  }
+  let out = Tensor([Float(total / Double(counted))], shape: [])
+  guard GradMode.isEnabled, x.requiresGrad else { return out }
+
+  // Sweep 2: dx = Σ_tiles (softmax − onehot)[tile] · W[tile], per unit of loss sum.
+  let dx = Tensor.zeros([n, c])  // (N, C)
+  for cols in tiles {
+    head.logits(xp, n: n, columns: cols, into: lp, ldl: tileWidth, scratch: widened)
+    lse.withUnsafeBufferPointer { l in
+      parallelFor(n, grain: max(1, 16384 / cols.count)) { rows in
+        for r in rows {
+          let row = lp + r * tileWidth
+          if targets[r] == ignoreIndex { row.update(repeating: 0, count: cols.count); continue }
+          for j in 0..<cols.count { row[j] = expf(row[j] - l[r]) }
+          let t = Int(targets[r])
+          if cols.contains(t) { row[t - cols.lowerBound] -= 1 }
+        }
+      }
+    }
+    head.addInputGradient(lp, n: n, columns: cols, ldl: tileWidth, into: dx.ptr, scratch: widened)
+  }
+  withExtendedLifetime((tile, widened)) {}
+  return out.record([x]) { g in
+    let scale = g[0] / Float(counted), gx = x.gradPointer(), src = dx.ptr
+    for i in 0..<(n * c) { gx[i] += scale * src[i] }
+  }
+}
