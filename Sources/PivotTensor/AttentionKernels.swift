@@ -86,9 +86,7 @@ extension Kernels {
         }
         let o = out + bh * d.hs  // (HS)
         if mx == -.infinity { o.update(repeating: 0, count: d.hs); p.update(repeating: 0, count: d.s); continue }
-        var sum: Float = 0
-        for j in 0..<d.s { let e = expf(p[j] - mx); p[j] = e; sum += e }
-        let inv = 1 / sum
+        let inv = 1 / Kernels.sumExp(p, count: d.s, shift: mx, storingTo: p)
         for j in 0..<d.s { p[j] *= inv }
         o.update(repeating: 0, count: d.hs)
         for j in 0..<d.s {

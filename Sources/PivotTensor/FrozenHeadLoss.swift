@@ -76,10 +76,8 @@ public func frozenHeadCrossEntropy(_ x: Tensor, head: FrozenHeadWeight, targets:
           parallelFor(n, grain: max(1, 16384 / cols.count)) { rows in
             for r in rows where targets[r] != ignoreIndex {
               let row = lp + r * tileWidth
-              var m = -Float.infinity
-              for j in 0..<cols.count { m = max(m, row[j]) }
-              var s: Float = 0
-              for j in 0..<cols.count { s += expf(row[j] - m) }
+              let m = Kernels.maxValue(row, count: cols.count)
+              let s = Kernels.sumExp(row, count: cols.count, shift: m)
               if m > mx[r] {
                 sm[r] = sm[r] * Double(expf(mx[r] - m)) + Double(s)
                 mx[r] = m
@@ -111,7 +109,7 @@ public func frozenHeadCrossEntropy(_ x: Tensor, head: FrozenHeadWeight, targets:
         for r in rows {
           let row = lp + r * tileWidth
           if targets[r] == ignoreIndex { row.update(repeating: 0, count: cols.count); continue }
-          for j in 0..<cols.count { row[j] = expf(row[j] - l[r]) }
+          _ = Kernels.sumExp(row, count: cols.count, shift: l[r], storingTo: row)
           let t = Int(targets[r])
           if cols.contains(t) { row[t - cols.lowerBound] -= 1 }
         }

@@ -116,12 +116,9 @@ public enum Kernels {
   static func softmaxRows(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, rows: Range<Int>, c: Int) {
     for r in rows {
       let x = inp + r * c, o = out + r * c
-      var mx = -Float.infinity
-      for i in 0..<c { mx = max(mx, x[i]) }
+      let mx = maxValue(x, count: c)
       if mx == -.infinity { o.update(repeating: 0, count: c); continue }  // fully masked row
-      var sum: Float = 0
-      for i in 0..<c { let e = expf(x[i] - mx); o[i] = e; sum += e }
-      let inv = 1 / sum
+      let inv = 1 / sumExp(x, count: c, shift: mx, storingTo: o)
       for i in 0..<c { o[i] *= inv }
     }
   }
@@ -142,11 +139,8 @@ public enum Kernels {
     parallelFor(n, grain: max(1, 4096 / max(c, 1))) { rows in
       for r in rows {
         let x = inp + r * c, o = out + r * c
-        var mx = -Float.infinity
-        for i in 0..<c { mx = max(mx, x[i]) }
-        var sum: Float = 0
-        for i in 0..<c { sum += expf(x[i] - mx) }
-        let lse = mx + logf(sum)
+        let mx = maxValue(x, count: c)
+        let lse = mx + logf(sumExp(x, count: c, shift: mx))
         for i in 0..<c { o[i] = x[i] - lse }
       }
     }
@@ -179,11 +173,8 @@ public enum Kernels {
           let t = targets[r]
           if t == ignoreIndex { lse[r] = 0; part[r] = 0; continue }
           let x = logits + r * v
-          var mx = -Float.infinity
-          for i in 0..<v { mx = max(mx, x[i]) }
-          var sum: Float = 0
-          for i in 0..<v { sum += expf(x[i] - mx) }
-          let l = mx + logf(sum)
+          let mx = maxValue(x, count: v)
+          let l = mx + logf(sumExp(x, count: v, shift: mx))
           lse[r] = l
           part[r] = Double(l - x[Int(t)])
         }
@@ -203,7 +194,9 @@ public enum Kernels {
         let t = targets[r]
         if t == ignoreIndex { continue }
         let x = logits + r * v, d = dlogits + r * v, l = lse[r]
-        for i in 0..<v { d[i] += dloss * expf(x[i] - l) }
+        var i = 0
+        while i + 16 <= v { store16(load16(d + i) + dloss * exp(load16(x + i) - l), d + i); i += 16 }
+        while i < v { d[i] += dloss * exp(SIMD16(repeating: x[i] - l))[0]; i += 1 }
         d[Int(t)] -= dloss
       }
     }

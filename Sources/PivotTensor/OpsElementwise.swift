@@ -202,7 +202,13 @@ public func swiglu(gate: Tensor, up: Tensor) -> Tensor {
 extension Kernels {
   public static func swigluForward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int) {
     parallelFor(n, grain: 8192) { r in
-      for i in r { let x = gate[i]; out[i] = x / (1 + expf(-x)) * up[i] }
+      var i = r.lowerBound
+      while i + 16 <= r.upperBound {
+        let x = load16(gate + i)
+        store16(x / (1 + exp(-x)) * load16(up + i), out + i)
+        i += 16
+      }
+      while i < r.upperBound { let x = gate[i]; out[i] = x / (1 + expf(-x)) * up[i]; i += 1 }
     }
   }
 
@@ -212,10 +218,18 @@ extension Kernels {
     dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int
   ) {
     parallelFor(n, grain: 8192) { r in
-      for i in r {
+      var i = r.lowerBound
+      while i + 16 <= r.upperBound {
+        let x = load16(gate + i), g = load16(dout + i), s = 1 / (1 + exp(-x))
+        if let dgate { store16(load16(dgate + i) + g * load16(up + i) * s * (1 + x * (1 - s)), dgate + i) }
+        if let dup { store16(load16(dup + i) + g * x * s, dup + i) }
+        i += 16
+      }
+      while i < r.upperBound {
         let x = gate[i], s = 1 / (1 + expf(-x))
         dgate?[i] += dout[i] * up[i] * s * (1 + x * (1 - s))
         dup?[i] += dout[i] * x * s
+        i += 1
       }
     }
   }

@@ -280,3 +280,44 @@ struct FrozenHeadCrossEntropyTests {
     #expect(w.grad == nil)
   }
 }
+
+/// The 16-lane exp against libm's expf: within 2 ulp from −87 to 88.3, and the edges
+/// softmax relies on (−∞ → 0, masked rows; NaN stays NaN).
+@Suite("Vector exp")
+struct VectorExpTests {
+  @Test func matchesLibmWithinTwoUlp() {
+    var worst: Float = 0, at: Float = 0
+    var x: Float = -87
+    while x < 88.3 {
+      let lanes = SIMD16<Float>((0..<16).map { x + Float($0) * 0.0037 })
+      let got = Kernels.exp(lanes)
+      for l in 0..<16 {
+        let want = Foundation.exp(Double(lanes[l]))
+        let ulps = Float(abs(Double(got[l]) - want) / Double(Float(want).ulp))
+        if ulps > worst { worst = ulps; at = lanes[l] }
+      }
+      x += 0.0601
+    }
+    #expect(worst <= 2, "worst \(worst) ulp at x = \(at)")
+    let edges = Kernels.exp(SIMD16<Float>([-.infinity, -100, -87.4, 0, 89, .infinity, .nan, 1, 1, 1, 1, 1, 1, 1, 1, 1]))
+    #expect(edges[0] == 0 && edges[1] == 0 && edges[2] == 0)
+    #expect(edges[3] == 1)
+    #expect(edges[4] == .infinity && edges[5] == .infinity)
+    #expect(edges[6].isNaN)
+  }
+
+  @Test func sumExpAndMaxCoverTails() {
+    for count in [0, 1, 15, 16, 17, 40] {
+      let values = (0..<count).map { Float(($0 * 7) % 11) - 5 }
+      values.withUnsafeBufferPointer { x in
+        let mx = Kernels.maxValue(x.baseAddress!, count: count)
+        #expect(mx == (values.max() ?? -.infinity))
+        var stored = [Float](repeating: 0, count: count)
+        let s = stored.withUnsafeMutableBufferPointer { Kernels.sumExp(x.baseAddress!, count: count, shift: 1, storingTo: $0.baseAddress!) }
+        let want = values.reduce(0.0) { $0 + Foundation.exp(Double($1 - 1)) }
+        #expect(abs(Double(s) - want) <= 1e-6 * max(want, 1))
+        for (i, v) in values.enumerated() { #expect(abs(Double(stored[i]) - Foundation.exp(Double(v - 1))) <= 2e-7 * Foundation.exp(Double(v - 1))) }
+      }
+    }
+  }
+}
