@@ -33,7 +33,7 @@ let package = Package(
     .target(name: "PivotTensor", dependencies: ["COpenBLAS", "CPivotAMX"], swiftSettings: kernels),
     .target(name: "PivotText", swiftSettings: fast),
     .target(name: "PivotData", dependencies: ["CZstd", "CJPEG", "CJPEGShim"], swiftSettings: fast),
-    .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: fast),
+    .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: kernels),
     .target(name: "PivotModels", dependencies: ["PivotNN"], swiftSettings: fast),
     .target(name: "PivotTrain", dependencies: ["PivotModels", "PivotData", "PivotText", .product(name: "Yams", package: "Yams")], swiftSettings: fast),
     .executableTarget(
