@@ -11,37 +11,37 @@ public enum FrozenHeadWeight {
   /// logits (N, cols) = x (N, C) · W[columns]ᵀ, row stride `ldl`. `scratch` holds a float32
   /// copy of a bfloat16 tile when products are float32.
   func logits(_ x: UnsafePointer<Float>, n: Int, columns: Range<Int>, into out: UnsafeMutablePointer<Float>, ldl: Int, scratch: Tensor) {
-    let c = width, v0 = columns.lowerBound, cols = columns.count
-    switch (self, MatmulPrecision.current) {
-    case (.float32(let w), .float32):
-      sgemm(transA: false, transB: true, m: n, n: cols, k: c, a: x, lda: c, b: w.ptr + v0 * c, ldb: c, beta: 0, c: out, ldc: ldl)
-    case (.float32(let w), .bfloat16):
-      gemmBF16(m: n, n: cols, k: c, a: x, aRowStride: c, aColStride: 1, b: .float32(w.ptr + v0 * c),
-               bRowStride: 1, bColStride: c, c: out, ldc: ldl, accumulate: false)
-    case (.bfloat16(let m), .bfloat16):
-      gemmBF16(m: n, n: cols, k: c, a: x, aRowStride: c, aColStride: 1, b: .bits(m.bits + v0 * c),
-               bRowStride: 1, bColStride: c, c: out, ldc: ldl, accumulate: false)
-    case (.bfloat16(let m), .float32):
-      Kernels.bf16ToFloat(out: scratch.ptr, inp: m.bits + v0 * c, count: cols * c)
-      sgemm(transA: false, transB: true, m: n, n: cols, k: c, a: x, lda: c, b: scratch.ptr, ldb: c, beta: 0, c: out, ldc: ldl)
-    }
+    product(x, lda: width, n: n, columns: columns, forward: true, into: out, ldo: ldl, accumulate: false, scratch: scratch)
   }
 
-  /// dx (N, C) += dlogits (N, cols) · W[columns]; `scratch` as in `logits`, already widened.
+  /// dx (N, C) += dlogits (N, cols) · W[columns]; `scratch` as `logits` left it for these columns.
   func addInputGradient(_ dlogits: UnsafePointer<Float>, n: Int, columns: Range<Int>, ldl: Int, into dx: UnsafeMutablePointer<Float>, scratch: Tensor) {
+    product(dlogits, lda: ldl, n: n, columns: columns, forward: false, into: dx, ldo: width, accumulate: true, scratch: scratch)
+  }
+
+  /// forward: out (N, cols) = a (N, C) · W[columns]ᵀ; otherwise out (N, C) = a (N, cols) · W[columns].
+  private func product(_ a: UnsafePointer<Float>, lda: Int, n: Int, columns: Range<Int>, forward: Bool,
+                       into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool, scratch: Tensor) {
     let c = width, v0 = columns.lowerBound, cols = columns.count
-    switch (self, MatmulPrecision.current) {
-    case (.float32(let w), .float32):
-      sgemm(transA: false, transB: false, m: n, n: c, k: cols, a: dlogits, lda: ldl, b: w.ptr + v0 * c, ldb: c, beta: 1, c: dx, ldc: c)
-    case (.float32(let w), .bfloat16):
-      gemmBF16(m: n, n: c, k: cols, a: dlogits, aRowStride: ldl, aColStride: 1, b: .float32(w.ptr + v0 * c),
-               bRowStride: c, bColStride: 1, c: dx, ldc: c, accumulate: true)
-    case (.bfloat16(let m), .bfloat16):
-      gemmBF16(m: n, n: c, k: cols, a: dlogits, aRowStride: ldl, aColStride: 1, b: .bits(m.bits + v0 * c),
-               bRowStride: c, bColStride: 1, c: dx, ldc: c, accumulate: true)
-    case (.bfloat16, .float32):
-      sgemm(transA: false, transB: false, m: n, n: c, k: cols, a: dlogits, lda: ldl, b: scratch.ptr, ldb: c, beta: 1, c: dx, ldc: c)
+    let (outCols, depth) = forward ? (cols, c) : (c, cols)
+    if MatmulPrecision.current == .bfloat16 {
+      let b: BF16Operand = switch self {
+      case .float32(let w): .float32(w.ptr + v0 * c)
+      case .bfloat16(let m): .bits(m.bits + v0 * c)
+      }
+      gemmBF16(m: n, n: outCols, k: depth, a: a, aRowStride: lda, aColStride: 1, b: b,
+               bRowStride: forward ? 1 : c, bColStride: forward ? c : 1, c: out, ldc: ldo, accumulate: accumulate)
+      return
     }
+    let w: UnsafePointer<Float>
+    switch self {
+    case .float32(let t): w = UnsafePointer(t.ptr + v0 * c)
+    case .bfloat16(let m):
+      if forward { Kernels.bf16ToFloat(out: scratch.ptr, inp: m.bits + v0 * c, count: cols * c) }
+      w = UnsafePointer(scratch.ptr)
+    }
+    sgemm(transA: false, transB: forward, m: n, n: outCols, k: depth, a: a, lda: lda, b: w, ldb: c,
+          beta: accumulate ? 1 : 0, c: out, ldc: ldo)
   }
 }
 
