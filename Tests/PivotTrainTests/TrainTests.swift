@@ -293,15 +293,16 @@ struct ShippedRecipeTests {
     }
   }
 
-  /// The demo's toy ViT trained from scratch against stage 1's captions lost colour (size
-  /// alone was learned); it stays frozen there and trains in stage 2.
-  @Test func demoTrainsItsToyVisionTowerOnlyInStage2() throws {
+  /// The demo's random toy ViT stays frozen in both stages: trained from scratch against stage 1's
+  /// captions it lost colour (size alone was learned), and trained in stage 2 it kept colour in
+  /// some runs only.
+  @Test func demoKeepsItsToyVisionTowerFrozen() throws {
     func trainsVision(_ name: String) throws -> Bool {
       let r = try Recipe.load((Self.recipesDir as NSString).appendingPathComponent("\(name).yaml"))
       let frozen = r.frozen.contains { Glob.matches($0, "vision_tower.embeddings.patch_embedding.weight") }
       return !frozen && r.trainablePatterns.contains { Glob.matches($0, "vision_tower.embeddings.patch_embedding.weight") }
     }
     #expect(try !trainsVision("demo-1-align"))
-    #expect(try trainsVision("demo-2-instruct"))
+    #expect(try !trainsVision("demo-2-instruct"))
   }
 }
