@@ -335,27 +335,25 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
   let bf16 = n > 1 && MatmulPrecision.current == .bfloat16
   if n == 1 {
     Kernels.gemvBF16(out: out.ptr, weight: weight.bits, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
-  } else if bf16 {  // bfloat16 products read the bits as they are: B = Wᵀ
-    if let bias {
-      let bp = bias.ptr, op = out.ptr
-      for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
-    }
-    gemmBF16(m: n, n: outF, k: inF, a: x.ptr, aRowStride: inF, aColStride: 1, b: .bits(weight.bits),
-             bRowStride: 1, bColStride: inF, c: out.ptr, ldc: outF, accumulate: bias != nil)
   } else {
     if let bias {
       let bp = bias.ptr, op = out.ptr
       for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
     }
-    let xp = x.ptr, op = out.ptr, beta: Float = bias == nil ? 0 : 1
-    parallelOverBLASCalls(tiles, grain: 1) { mine in
-      let tile = Tensor(empty: [min(bf16TileRows, outF), inF])  // (tile, in) float32
-      defer { withExtendedLifetime(tile) {} }  // until the last SGEMM has read it
-      for t in mine {
-        let j0 = t * bf16TileRows, rows = min(bf16TileRows, outF - j0)
-        Kernels.bf16ToFloat(out: tile.ptr, inp: weight.bits + j0 * inF, count: rows * inF)
-        sgemm(transA: false, transB: true, m: n, n: rows, k: inF, a: xp, lda: inF, b: tile.ptr, ldb: inF,
-              beta: beta, c: op + j0, ldc: outF)
+    if bf16 {  // bfloat16 products read the bits as they are: B = Wᵀ
+      gemmBF16(m: n, n: outF, k: inF, a: x.ptr, aRowStride: inF, aColStride: 1, b: .bits(weight.bits),
+               bRowStride: 1, bColStride: inF, c: out.ptr, ldc: outF, accumulate: bias != nil)
+    } else {
+      let xp = x.ptr, op = out.ptr, beta: Float = bias == nil ? 0 : 1
+      parallelOverBLASCalls(tiles, grain: 1) { mine in
+        let tile = Tensor(empty: [min(bf16TileRows, outF), inF])  // (tile, in) float32
+        defer { withExtendedLifetime(tile) {} }  // until the last SGEMM has read it
+        for t in mine {
+          let j0 = t * bf16TileRows, rows = min(bf16TileRows, outF - j0)
+          Kernels.bf16ToFloat(out: tile.ptr, inp: weight.bits + j0 * inF, count: rows * inF)
+          sgemm(transA: false, transB: true, m: n, n: rows, k: inF, a: xp, lda: inF, b: tile.ptr, ldb: inF,
+                beta: beta, c: op + j0, ldc: outF)
+        }
       }
     }
   }

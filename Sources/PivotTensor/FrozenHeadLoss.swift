@@ -61,7 +61,9 @@ public func frozenHeadCrossEntropy(_ x: Tensor, head: FrozenHeadWeight, targets:
   if counted == 0 { return Tensor([0], shape: []) }
   let tileWidth = min(vocabTile, v)
   let tile = Tensor(empty: [n, tileWidth])  // (N, tile) logits, then their gradient
-  let widened = Tensor(empty: [tileWidth, c])  // (tile, C) float32 copy of a bfloat16 tile
+  // (tile, C) float32 copy of a bfloat16 tile, needed only when products are float32.
+  let widens = if case .bfloat16 = head, MatmulPrecision.current == .float32 { true } else { false }
+  let widened = Tensor(empty: widens ? [tileWidth, c] : [1])
   let tiles = stride(from: 0, to: v, by: tileWidth).map { $0..<min($0 + tileWidth, v) }
   let xp = x.ptr, lp = tile.ptr
 
