@@ -143,13 +143,13 @@ public final class AdamW: @unchecked Sendable {
         var i = span.start + r.lowerBound
         let end = span.start + r.upperBound
         while i + 16 <= end {
-          let gi = Self.load(g + i)
-          let mi = b1 * Self.load(mp + i) + (1 - b1) * gi
-          let vi = b2 * Self.load(vp + i) + (1 - b2) * gi * gi
+          let gi = Kernels.load16(g + i)
+          let mi = b1 * Kernels.load16(mp + i) + (1 - b1) * gi
+          let vi = b2 * Kernels.load16(vp + i) + (1 - b2) * gi * gi
           let denom = vi.squareRoot() / bc2Sqrt + eps
-          Self.store(Self.load(p + i) * decay - stepSize * mi / denom, p + i)
-          Self.store(mi, mp + i)
-          Self.store(vi, vp + i)
+          Kernels.store16(Kernels.load16(p + i) * decay - stepSize * mi / denom, p + i)
+          Kernels.store16(mi, mp + i)
+          Kernels.store16(vi, vp + i)
           i += 16
         }
         while i < end {
@@ -163,9 +163,6 @@ public final class AdamW: @unchecked Sendable {
       }
     }
   }
-
-  @inline(__always) static func load(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self) }
-  @inline(__always) static func store(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self) }
 
   // MARK: State for checkpoints
 
