@@ -196,7 +196,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
     }
     if rows.isEmpty { return (sum(scale(hidden, 0)), 0) }
     let picked = gatherRows(hidden, rows: rows)  // (N, C)
-    if !headWeight.requiresGrad {  // a frozen head: vocabulary tiles over all rows, two sweeps of W
+    if !headWeight.requiresGrad {  // a frozen head: vocabulary tiles over all rows, one sweep of W
       let frozen: FrozenHeadWeight = headWeight.bf16Values.map { .bfloat16($0) } ?? .float32(headWeight)
       return (frozenHeadCrossEntropy(model.norm(picked), head: frozen, targets: targets), rows.count)
     }

@@ -19,6 +19,17 @@ public enum FrozenHeadWeight {
     product(dlogits, lda: ldl, n: n, columns: columns, forward: false, into: dx, ldo: width, accumulate: true, scratch: scratch)
   }
 
+  /// Row `index` of W as float32.
+  func copyRow(_ index: Int, into out: inout [Float]) {
+    let c = width
+    out.withUnsafeMutableBufferPointer { o in
+      switch self {
+      case .float32(let w): o.baseAddress!.update(from: w.ptr + index * c, count: c)
+      case .bfloat16(let m): Kernels.bf16ToFloat(out: o.baseAddress!, inp: m.bits + index * c, count: c)
+      }
+    }
+  }
+
   /// forward: out (N, cols) = a (N, C) · W[columns]ᵀ; otherwise out (N, C) = a (N, cols) · W[columns].
   private func product(_ a: UnsafePointer<Float>, lda: Int, n: Int, columns: Range<Int>, forward: Bool,
                        into out: UnsafeMutablePointer<Float>, ldo: Int, accumulate: Bool, scratch: Tensor) {
@@ -46,12 +57,13 @@ public enum FrozenHeadWeight {
 }
 
 /// Mean next-token cross-entropy of x (N, C) through a frozen head W (V, C), ignoring
-/// `ignoreIndex` targets, computed vocabulary tile by vocabulary tile over all rows at once:
-/// a first sweep keeps a running log-sum-exp per row (Milakov and Gimelshein's online
-/// softmax), a second recomputes each tile's logits and adds (softmax − onehot) · W to dx.
-/// Neither the (N, V) logits nor their gradient ever exist, and the head's weight is read
-/// twice per call, each time for all N rows (row blocks would read it twice per block).
-/// Only x gets a gradient: the head is frozen.
+/// `ignoreIndex` targets, in one sweep over vocabulary tiles for all rows at once. Each tile's
+/// logits update a running max m and Σ exp(l − m) per row (Milakov and Gimelshein's online
+/// softmax), and exp(l − m) · W[tile] is added to an unnormalised dx whose rows are rescaled by
+/// exp(m_old − m_new) whenever m grows, as flash attention does with its output. At the end
+/// dx = dx / Σ − W[target]. Neither the (N, V) logits nor their gradient ever exist, and each
+/// tile of the head is used by two products (logits, dx), where recomputing logits in a
+/// second sweep would need three. Only x gets a gradient: the head is frozen.
 public func frozenHeadCrossEntropy(_ x: Tensor, head: FrozenHeadWeight, targets: [Int32], ignoreIndex: Int32 = -100, vocabTile: Int = 2048) -> Tensor {
   let c = x.size(-1), n = x.count / c, v = head.vocab
   precondition(head.width == c, "frozen head (\(v), \(head.width)) for input \(x.shape)")
@@ -59,67 +71,68 @@ public func frozenHeadCrossEntropy(_ x: Tensor, head: FrozenHeadWeight, targets:
   for t in targets where t != ignoreIndex { precondition(t >= 0 && Int(t) < v, "cross-entropy target \(t) outside the vocabulary of \(v)") }
   let counted = targets.reduce(0) { $0 + ($1 == ignoreIndex ? 0 : 1) }
   if counted == 0 { return Tensor([0], shape: []) }
+  let needsGradient = GradMode.isEnabled && x.requiresGrad
   let tileWidth = min(vocabTile, v)
-  let tile = Tensor(empty: [n, tileWidth])  // (N, tile) logits, then their gradient
+  let tile = Tensor(empty: [n, tileWidth])  // (N, tile) logits, then exp(logit − running max)
   // (tile, C) float32 copy of a bfloat16 tile, needed only when products are float32.
   let widens = if case .bfloat16 = head, MatmulPrecision.current == .float32 { true } else { false }
   let widened = Tensor(empty: widens ? [tileWidth, c] : [1])
-  let tiles = stride(from: 0, to: v, by: tileWidth).map { $0..<min($0 + tileWidth, v) }
-  let xp = x.ptr, lp = tile.ptr
+  let dx = needsGradient ? Tensor.zeros([n, c]) : Tensor(empty: [1])  // (N, C) unnormalised
+  let xp = x.ptr, lp = tile.ptr, dxp = dx.ptr
 
-  // Sweep 1: running max and Σ exp per row, and each row's target logit.
   var runningMax = [Float](repeating: -.infinity, count: n), runningSum = [Double](repeating: 0, count: n)
   var targetLogit = [Float](repeating: 0, count: n)
-  for cols in tiles {
+  for v0 in stride(from: 0, to: v, by: tileWidth) {
+    let cols = v0..<min(v0 + tileWidth, v)
     head.logits(xp, n: n, columns: cols, into: lp, ldl: tileWidth, scratch: widened)
     runningMax.withUnsafeMutableBufferPointer { mx in
       runningSum.withUnsafeMutableBufferPointer { sm in
         targetLogit.withUnsafeMutableBufferPointer { tl in
           parallelFor(n, grain: max(1, 16384 / cols.count)) { rows in
-            for r in rows where targets[r] != ignoreIndex {
+            for r in rows {
               let row = lp + r * tileWidth
-              let m = Kernels.maxValue(row, count: cols.count)
-              let s = Kernels.sumExp(row, count: cols.count, shift: m)
-              if m > mx[r] {
-                sm[r] = sm[r] * Double(expf(mx[r] - m)) + Double(s)
-                mx[r] = m
-              } else {
-                sm[r] += Double(s) * Double(expf(m - mx[r]))
+              if targets[r] == ignoreIndex {
+                if needsGradient { row.update(repeating: 0, count: cols.count) }
+                continue
               }
               let t = Int(targets[r])
-              if cols.contains(t) { tl[r] = row[t - cols.lowerBound] }
+              if cols.contains(t) { tl[r] = row[t - v0] }
+              let m = max(mx[r], Kernels.maxValue(row, count: cols.count))
+              if m > mx[r] {
+                let rescale = expf(mx[r] - m)  // 0 on the first tile, where dx and Σ are 0
+                sm[r] *= Double(rescale)
+                if needsGradient && sm[r] > 0 {
+                  let d = dxp + r * c
+                  for i in 0..<c { d[i] *= rescale }
+                }
+                mx[r] = m
+              }
+              sm[r] += Double(Kernels.sumExp(row, count: cols.count, shift: m, storingTo: needsGradient ? row : nil))
             }
           }
         }
       }
     }
-  }
-  var lse = [Float](repeating: 0, count: n), total = 0.0
-  for r in 0..<n where targets[r] != ignoreIndex {
-    lse[r] = runningMax[r] + Float(log(runningSum[r]))
-    total += Double(lse[r] - targetLogit[r])
-  }
-  let out = Tensor([Float(total / Double(counted))], shape: [])
-  guard GradMode.isEnabled, x.requiresGrad else { return out }
-
-  // Sweep 2: dx = Σ_tiles (softmax − onehot)[tile] · W[tile], per unit of loss sum.
-  let dx = Tensor.zeros([n, c])  // (N, C)
-  for cols in tiles {
-    head.logits(xp, n: n, columns: cols, into: lp, ldl: tileWidth, scratch: widened)
-    lse.withUnsafeBufferPointer { l in
-      parallelFor(n, grain: max(1, 16384 / cols.count)) { rows in
-        for r in rows {
-          let row = lp + r * tileWidth
-          if targets[r] == ignoreIndex { row.update(repeating: 0, count: cols.count); continue }
-          _ = Kernels.sumExp(row, count: cols.count, shift: l[r], storingTo: row)
-          let t = Int(targets[r])
-          if cols.contains(t) { row[t - cols.lowerBound] -= 1 }
-        }
-      }
-    }
-    head.addInputGradient(lp, n: n, columns: cols, ldl: tileWidth, into: dx.ptr, scratch: widened)
+    if needsGradient { head.addInputGradient(lp, n: n, columns: cols, ldl: tileWidth, into: dxp, scratch: widened) }
   }
   withExtendedLifetime((tile, widened)) {}
+
+  var total = 0.0
+  for r in 0..<n where targets[r] != ignoreIndex {
+    total += Double(runningMax[r] + Float(log(runningSum[r])) - targetLogit[r])
+  }
+  let out = Tensor([Float(total / Double(counted))], shape: [])
+  guard needsGradient else { return out }
+
+  // dx = softmax · W − W[target]: normalise each row and subtract its target's weight row.
+  var weightRow = [Float](repeating: 0, count: c)
+  for r in 0..<n {
+    let row = dxp + r * c
+    if targets[r] == ignoreIndex { continue }
+    let inverse = Float(1 / runningSum[r])
+    head.copyRow(Int(targets[r]), into: &weightRow)
+    for i in 0..<c { row[i] = row[i] * inverse - weightRow[i] }
+  }
   return out.record([x]) { g in
     let scale = g[0] / Float(counted), gx = x.gradPointer(), src = dx.ptr
     for i in 0..<(n * c) { gx[i] += scale * src[i] }

@@ -208,7 +208,7 @@ extension Kernels {
         store16(x / (1 + exp(-x)) * load16(up + i), out + i)
         i += 16
       }
-      while i < r.upperBound { let x = gate[i]; out[i] = x / (1 + expf(-x)) * up[i]; i += 1 }
+      while i < r.upperBound { let x = gate[i]; out[i] = x / (1 + exp(lane: -x)) * up[i]; i += 1 }
     }
   }
 
@@ -226,7 +226,7 @@ extension Kernels {
         i += 16
       }
       while i < r.upperBound {
-        let x = gate[i], s = 1 / (1 + expf(-x))
+        let x = gate[i], s = 1 / (1 + exp(lane: -x))
         dgate?[i] += dout[i] * up[i] * s * (1 + x * (1 - s))
         dup?[i] += dout[i] * x * s
         i += 1

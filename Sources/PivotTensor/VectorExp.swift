@@ -32,6 +32,10 @@ extension Kernels {
     return result
   }
 
+  /// The 16-lane exp of one value, for scalar tails: they then agree bit for bit with the body.
+  @inline(__always)
+  public static func exp(lane x: Float) -> Float { exp(SIMD16<Float>(repeating: x))[0] }
+
   @inlinable @inline(__always)
   public static func load16(_ p: UnsafePointer<Float>) -> SIMD16<Float> { UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self) }
 
@@ -62,7 +66,7 @@ extension Kernels {
     }
     var s = s16.sum()
     while i < count {
-      let e = exp(SIMD16<Float>(repeating: x[i] - shift))[0]
+      let e = exp(lane: x[i] - shift)
       out?[i] = e
       s += e
       i += 1

@@ -223,7 +223,7 @@ struct ChunkedHeadCrossEntropyTests {
   }
 }
 
-/// A frozen head's cross-entropy by vocabulary tiles (online log-sum-exp, two sweeps of W)
+/// A frozen head's cross-entropy by vocabulary tiles (online softmax, one sweep of W)
 /// against the whole logits: loss and input gradient, float32 and bfloat16 weights, tiles that
 /// do not divide the vocabulary, ignored targets; under bfloat16 products against the row-block
 /// path under the same precision; and a finite-difference gradcheck.
@@ -265,8 +265,14 @@ struct FrozenHeadCrossEntropyTests {
         let tiled = Self.run(x) { frozenHeadCrossEntropy(x, head: frozen, targets: Self.targets, vocabTile: vocabTile) }
         #expect(abs(tiled.0 - blocks.0) < 1e-5, "bf16 products: loss \(tiled.0) vs \(blocks.0)")
         #expect(abs(tiled.0 - whole.0) > 1e-7, "bf16 products changed nothing")
-        let (okB, dB) = compare(tiled.1, blocks.1, atol: 1e-6, rtol: 1e-4)
-        #expect(okB, "bf16 products, tile \(vocabTile): input gradient differs by \(dB)")
+        // Both round to bfloat16, at different points (row blocks round softmax − onehot; tiles
+        // round exp(logit − running max) and subtract W[target] in float32): bfloat16 agreement,
+        // 1% of the largest element as the composed model's bf16 test (measured 0.26%).
+        let largest = (0..<blocks.1.count).reduce(Float(0)) { max($0, abs(blocks.1.ptr[$1])) }
+        let (okB, dB) = compare(tiled.1, blocks.1, atol: 1e-2 * largest, rtol: 0)
+        #expect(okB, "bf16 products, tile \(vocabTile): input gradient differs by \(dB) of \(largest)")
+        let (okW, dW) = compare(tiled.1, whole.1, atol: 1e-2 * largest, rtol: 0)
+        #expect(okW, "bf16 products, tile \(vocabTile): input gradient differs from float32 by \(dW) of \(largest)")
       }
     }
   }
@@ -318,6 +324,37 @@ struct VectorExpTests {
         #expect(abs(Double(s) - want) <= 1e-6 * max(want, 1))
         for (i, v) in values.enumerated() { #expect(abs(Double(stored[i]) - Foundation.exp(Double(v - 1))) <= 2e-7 * Foundation.exp(Double(v - 1))) }
       }
+    }
+  }
+
+  /// An element's SwiGLU value and gradients do not depend on whether it falls in the 16-lane
+  /// body or the scalar tail of a loop: 256 values in one call (all body) against 256 calls of
+  /// one element (all tail), bit for bit.
+  @Test func swigluTailsMatchTheVectorBody() {
+    let n = 256
+    let gate = (0..<n).map { Float($0) * 0.0731 - 9.3 }, up = (0..<n).map { Float($0 % 7) * 0.5 - 1.2 }
+    let dout = (0..<n).map { Float($0 % 5) * 0.3 - 0.6 }
+    func run(_ range: Range<Int>, _ out: inout [Float], _ dgate: inout [Float], _ dup: inout [Float]) {
+      let at = range.lowerBound
+      gate.withUnsafeBufferPointer { g in up.withUnsafeBufferPointer { u in dout.withUnsafeBufferPointer { d in
+        out.withUnsafeMutableBufferPointer { o in dgate.withUnsafeMutableBufferPointer { dg in dup.withUnsafeMutableBufferPointer { du in
+          Kernels.swigluForward(out: o.baseAddress! + at, gate: g.baseAddress! + at, up: u.baseAddress! + at, n: range.count)
+          Kernels.swigluBackward(dgate: dg.baseAddress! + at, dup: du.baseAddress! + at, dout: d.baseAddress! + at,
+                                 gate: g.baseAddress! + at, up: u.baseAddress! + at, n: range.count)
+        } } }
+      } } }
+    }
+    var body = [Float](repeating: 0, count: n), bodyDgate = body, bodyDup = body
+    run(0..<n, &body, &bodyDgate, &bodyDup)
+    var tail = [Float](repeating: 0, count: n), tailDgate = tail, tailDup = tail
+    for i in 0..<n { run(i..<(i + 1), &tail, &tailDgate, &tailDup) }
+    for (name, a, b) in [("out", body, tail), ("dgate", bodyDgate, tailDgate), ("dup", bodyDup, tailDup)] {
+      let differing = zip(a, b).filter { $0 != $1 }.count
+      #expect(differing == 0, "\(name): \(differing) of \(n) elements differ between body and tail")
+    }
+    for i in stride(from: 0, to: n, by: 17) {
+      let x = Double(gate[i]), want = x / (1 + Foundation.exp(-x)) * Double(up[i])
+      #expect(abs(Double(body[i]) - want) <= 1e-6 * abs(want) + 1e-12)
     }
   }
 }
