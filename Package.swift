@@ -45,7 +45,7 @@ let package = Package(
     .testTarget(name: "PivotTensorTests", dependencies: ["PivotTensor", "PivotNN"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotNNTests", dependencies: ["PivotNN"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotModelsTests", dependencies: ["PivotModels"], resources: [.copy("Fixtures")]),
-    .testTarget(name: "PivotTrainTests", dependencies: ["PivotTrain"]),
+    .testTarget(name: "PivotTrainTests", dependencies: ["PivotTrain", "PivotData", "PivotText"]),
     .testTarget(name: "PivotTextTests", dependencies: ["PivotText"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotDataTests", dependencies: ["PivotData"], resources: [.copy("Fixtures")]),
   ]

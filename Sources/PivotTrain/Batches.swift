@@ -30,6 +30,13 @@ public struct TrainBatch: @unchecked Sendable {
   }
 }
 
+/// Thrown by a source read for a finite number of epochs once they are done: the run ends
+/// after the step in progress.
+public struct EndOfData: Error, CustomStringConvertible {
+  public let epochs: Int
+  public var description: String { "the training data ran out after \(epochs) epoch(s)" }
+}
+
 /// Where batches come from. The state is opaque JSON the checkpoint stores, so a resumed run
 /// continues with exactly the batches an uninterrupted one would have seen.
 public protocol BatchSource: AnyObject {

@@ -92,6 +92,10 @@ public struct Recipe: Sendable, Codable {
   public var batchSize = 8
   public var gradAccum = 1
   public var maxSteps = 100
+  /// Whether the file set `max_steps` (with `epochs` it caps the run; alone it is the run).
+  public var maxStepsGiven = false
+  /// Passes over every training sample; the run's steps then follow from the sample count.
+  public var epochs: Int?
   public var evalEvery = 0
   public var evalBatches = 8
   public var logEvery = 1
@@ -141,7 +145,7 @@ public struct Recipe: Sendable, Codable {
     let y = YAMLReader(file: file)
     for (key, value) in try y.mapping(root, "", allowed: [
       "name", "stage", "seed", "threads", "model", "trainable", "frozen", "data", "optimizer", "batch_size", "grad_accum", "max_steps",
-      "eval_every", "eval_batches", "log_every", "save_every", "keep_checkpoints", "output",
+      "epochs", "eval_every", "eval_batches", "log_every", "save_every", "keep_checkpoints", "output",
     ]) {
       switch key {
       case "name": r.name = try y.string(value, key)
@@ -155,7 +159,10 @@ public struct Recipe: Sendable, Codable {
       case "frozen": r.frozen = try y.strings(value, key)
       case "batch_size": r.batchSize = try y.int(value, key, min: 1)
       case "grad_accum": r.gradAccum = try y.int(value, key, min: 1)
-      case "max_steps": r.maxSteps = try y.int(value, key, min: 1)
+      case "max_steps":
+        r.maxSteps = try y.int(value, key, min: 1)
+        r.maxStepsGiven = true
+      case "epochs": r.epochs = try y.int(value, key, min: 1)
       case "eval_every": r.evalEvery = try y.int(value, key, min: 0)
       case "eval_batches": r.evalBatches = try y.int(value, key, min: 1)
       case "log_every": r.logEvery = try y.int(value, key, min: 1)
@@ -249,6 +256,15 @@ public struct Recipe: Sendable, Codable {
       throw RecipeError(file: file, line: nil, key: "data.sources", message: "a recipe needs at least one data source")
     }
     return r
+  }
+
+  /// Optimizer steps that `epochs` passes over `samples` training samples take (the last
+  /// micro-batch and the last step may be short), capped by `max_steps` when the file sets it.
+  public func steps(forEpochsOver samples: Int) -> Int {
+    guard let epochs else { return maxSteps }
+    let perStep = batchSize * gradAccum
+    let steps = max(1, (samples * epochs + perStep - 1) / perStep)
+    return maxStepsGiven ? min(steps, maxSteps) : steps
   }
 }
 

@@ -78,7 +78,28 @@ public struct RunSetup {
   }
 
   public func trainingSource() throws -> ShardBatchSource {
-    try ShardBatchSource(config: try datasetConfig(sources: recipe.data.sources, training: true), encoder: encoder)
+    var c = try datasetConfig(sources: recipe.data.sources, training: true)
+    c.epochs = recipe.epochs
+    return try ShardBatchSource(config: c, encoder: encoder)
+  }
+
+  /// Samples in the training sources (every item a shard holds, readable or not), read once
+  /// without decoding: what `epochs` multiplies. `progress` gets (shards done, shards, samples).
+  public func countTrainingSamples(progress: (Int, Int, Int) -> Void = { _, _, _ in }) throws -> Int {
+    let shards = try recipe.data.sources.filter { $0.weight > 0 }.flatMap { try ShardList.expand($0.shards) }
+    var samples = 0
+    for (i, shard) in shards.enumerated() {
+      let reader: ShardSampleReader
+      do { reader = try ShardSampleReader(path: shard) } catch {
+        throw RecipeError(file: recipe.file, line: nil, key: "epochs", message: "counting samples: \(error)")
+      }
+      do { while try reader.next() != nil { samples += 1 } } catch {
+        throw RecipeError(file: recipe.file, line: nil, key: "epochs",
+                          message: "counting samples: \(shard): \(error) (check it with `pivot shards verify`)")
+      }
+      progress(i + 1, shards.count, samples)
+    }
+    return samples
   }
 
   public func evalSourceFactory() -> (() throws -> BatchSource)? {

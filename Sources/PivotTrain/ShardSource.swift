@@ -22,9 +22,7 @@ public final class ShardBatchSource: BatchSource {
   deinit { loader.stop() }
 
   public func next() throws -> TrainBatch {
-    guard let b = try loader.next() else {
-      throw DataError.invalid("the data ran out (epochs: \(config.epochs.map(String.init) ?? "unbounded")); raise data epochs or lower max_steps")
-    }
+    guard let b = try loader.next() else { throw EndOfData(epochs: config.epochs ?? 0) }
     lastCursor = b.cursor
     badSamples = b.stats.badTotal
     return Self.convert(b)

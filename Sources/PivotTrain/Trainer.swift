@@ -164,7 +164,34 @@ public final class Trainer {
     onEvent(.parameters(parameterRows()))
     let peak = Float(recipe.optimizer.lr)
     var lastLoss: Double?
-    while step < recipe.maxSteps {
+    var logged = step, evaluated = step, saved = step
+    let title = "\(recipe.name) (\(recipe.stage.rawValue))"
+    // The step's records: a metrics line, an evaluation and a checkpoint at their intervals,
+    // and all three at the run's last step, whether max_steps or the end of the data ends it.
+    func record(_ m: StepMetrics?, last: Bool) throws {
+      if let m, step % recipe.logEvery == 0 || last, logged != step {
+        metrics.write(["step": step, "loss": m.loss, "lr": m.lr, "grad_norm": m.gradNorm, "seconds": m.seconds,
+                       "tokens_per_s": m.tokensPerSecond, "tokens": m.countedTokens, "bad_samples": m.badSamples, "truncated": m.truncated])
+        metrics.drawPlot(title: title)
+        logged = step
+      }
+      if recipe.evalEvery > 0 && (step % recipe.evalEvery == 0 || last) && evaluated != step {
+        evaluated = step
+        if let e = try evaluate() {
+          metrics.write(["step": step, "eval_loss": e, "eval_ppl": Foundation.exp(e)])
+          metrics.drawPlot(title: title)
+          onEvent(.evaluated(step: step, loss: e))
+        }
+      }
+      if ((recipe.saveEvery > 0 && step % recipe.saveEvery == 0) || last) && saved != step {
+        let dir = try save(loss: lastLoss)
+        saved = step
+        onEvent(.checkpoint(step: step, path: dir))
+      }
+    }
+    var lastMetrics: StepMetrics?
+    var dataEnded = false
+    while step < recipe.maxSteps && !dataEnded {
       if Interrupt.requested {
         let dir = try save(loss: lastLoss)
         onEvent(.checkpoint(step: step, path: dir))
@@ -173,9 +200,13 @@ public final class Trainer {
       }
       let t0 = Date()
       optimizer.zeroGrad()
-      var lossSum = 0.0, counted = 0, truncated = 0
+      var lossSum = 0.0, counted = 0, truncated = 0, microBatches = 0
       for _ in 0..<recipe.gradAccum {
-        let batch = try source.next()
+        let batch: TrainBatch
+        do { batch = try source.next() } catch is EndOfData {
+          dataEnded = true
+          break
+        }
         truncated += batch.truncated
         let (loss, n) = model.loss(batch)
         let value = Double(loss.item)
@@ -183,8 +214,12 @@ public final class Trainer {
         scale(loss, 1 / Float(recipe.gradAccum)).backward()
         lossSum += value
         counted += n
+        microBatches += 1
       }
-      let loss = lossSum / Double(recipe.gradAccum)
+      if microBatches == 0 { break }
+      // A last step short of micro-batches: the gradient is their mean, as for a whole step.
+      if microBatches < recipe.gradAccum { optimizer.scaleGrads(Float(recipe.gradAccum) / Float(microBatches)) }
+      let loss = lossSum / Double(microBatches)
       let norm = recipe.optimizer.gradClip > 0 ? optimizer.clipGradNorm(Float(recipe.optimizer.gradClip)) : optimizer.gradNorm()
       if !norm.isFinite { throw TrainError.nonFinite(step: step + 1, loss: Double(norm), lastCheckpoint: lastCheckpoint) }
       let lr = recipe.schedule.lr(peak: peak, step: step)
@@ -194,22 +229,12 @@ public final class Trainer {
       let seconds = Date().timeIntervalSince(t0)
       let m = StepMetrics(step: step, maxSteps: recipe.maxSteps, loss: loss, lr: Double(lr), gradNorm: Double(norm), seconds: seconds,
                           tokensPerSecond: Double(counted) / max(seconds, 1e-9), countedTokens: counted, badSamples: source.badSamples, truncated: truncated)
+      lastMetrics = m
       onEvent(.step(m))
-      if step % recipe.logEvery == 0 || step == recipe.maxSteps {
-        metrics.write(["step": step, "loss": loss, "lr": Double(lr), "grad_norm": Double(norm), "seconds": seconds,
-                       "tokens_per_s": m.tokensPerSecond, "tokens": counted, "bad_samples": source.badSamples, "truncated": truncated])
-        metrics.drawPlot(title: "\(recipe.name) (\(recipe.stage.rawValue))")
-      }
-      if recipe.evalEvery > 0 && (step % recipe.evalEvery == 0 || step == recipe.maxSteps), let e = try evaluate() {
-        metrics.write(["step": step, "eval_loss": e, "eval_ppl": Foundation.exp(e)])
-        metrics.drawPlot(title: "\(recipe.name) (\(recipe.stage.rawValue))")
-        onEvent(.evaluated(step: step, loss: e))
-      }
-      if (recipe.saveEvery > 0 && step % recipe.saveEvery == 0) || step == recipe.maxSteps {
-        let dir = try save(loss: loss)
-        onEvent(.checkpoint(step: step, path: dir))
-      }
+      try record(m, last: step == recipe.maxSteps || dataEnded)
     }
+    // The data ran out between steps: the step before is the last.
+    if dataEnded && step > 0 { try record(lastMetrics, last: true) }
     try onFinish?(recipe.output)
   }
 }

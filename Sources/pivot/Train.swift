@@ -18,9 +18,23 @@ struct Train: ParsableCommand {
 
   func run() throws {
     var r = try Recipe.load(recipe)
-    if let maxSteps { r.maxSteps = maxSteps }
+    if let maxSteps {
+      r.maxSteps = maxSteps
+      r.maxStepsGiven = true
+    }
     Threads.set(r.threads > 0 ? r.threads : ProcessInfo.processInfo.activeProcessorCount)
     let setup = try RunSetup(recipe: r)
+    if let epochs = r.epochs {  // the run's length (and the LR schedule's) follows from the data
+      let counting = ProgressBar(label: "counting samples", total: nil, unit: "shards")
+      let samples = try setup.countTrainingSamples { done, shards, samples in counting.update(done, detail: "of \(shards), \(samples) samples") }
+      counting.finish(detail: "\(samples) samples")
+      var uncapped = r
+      uncapped.maxStepsGiven = false
+      let all = uncapped.steps(forEpochsOver: samples)
+      r.maxSteps = r.steps(forEpochsOver: samples)
+      eprint("epochs: \(epochs) × \(samples) samples at \(r.batchSize * r.gradAccum) per step: \(all) steps"
+             + (r.maxSteps < all ? "; max_steps stops the run at \(r.maxSteps)" : ""))
+    }
     let trainer = try Trainer(recipe: r, model: setup.model, source: try setup.trainingSource(),
                               makeEvalSource: setup.evalSourceFactory(), base: setup.built.base)
     trainer.onFinish = { try setup.saveFinal(into: $0) }
