@@ -336,10 +336,7 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
   if n == 1 {
     Kernels.gemvBF16(out: out.ptr, weight: weight.bits, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
   } else {
-    if let bias {
-      let bp = bias.ptr, op = out.ptr
-      for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
-    }
+    if let bias { Kernels.seedRows(out.ptr, with: bias.ptr, rows: n, cols: outF) }
     if bf16 {  // bfloat16 products read the bits as they are: B = Wᵀ
       gemmBF16(m: n, n: outF, k: inF, a: x.ptr, aRowStride: inF, aColStride: 1, b: .bits(weight.bits),
                bRowStride: 1, bColStride: inF, c: out.ptr, ldc: outF, accumulate: bias != nil)
@@ -383,10 +380,7 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
       }
       for share in shares { let sp = share.ptr; for i in 0..<(n * inF) { dx[i] += sp[i] } }
     }
-    if let bias, bias.requiresGrad {
-      let gb = bias.gradPointer()
-      for r in 0..<n { let row = g + r * outF; for j in 0..<outF { gb[j] += row[j] } }
-    }
+    if let bias, bias.requiresGrad { Kernels.addColumnSums(of: g, rows: n, cols: outF, into: bias.gradPointer()) }
   }
 }
 

@@ -67,6 +67,19 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeA: Bool = false, transpose
   }
 }
 
+extension Kernels {
+  /// Every row of out (rows, cols) = row: a linear's C seeded with its bias, so the GEMM
+  /// accumulates onto it (beta = 1).
+  static func seedRows(_ out: UnsafeMutablePointer<Float>, with row: UnsafePointer<Float>, rows: Int, cols: Int) {
+    for r in 0..<rows { (out + r * cols).update(from: row, count: cols) }
+  }
+
+  /// into (cols) += Σ_rows m (rows, cols): a bias's gradient.
+  static func addColumnSums(of m: UnsafePointer<Float>, rows: Int, cols: Int, into sum: UnsafeMutablePointer<Float>) {
+    for r in 0..<rows { let row = m + r * cols; for j in 0..<cols { sum[j] += row[j] } }
+  }
+}
+
 /// y = x · Wᵀ + b with W stored (out, in) as in PyTorch. x is (…, in).
 /// A frozen W (requiresGrad false) costs no weight-gradient GEMM; the input gradient still flows.
 public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
@@ -81,11 +94,7 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
   if n == 1 {  // one row (decode): a GEMV streams W once, where SGEMM would pack it first
     Kernels.gemvF32(out: out.ptr, weight: weight.ptr, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
   } else {
-    if let bias {
-      // Seed C with the bias and let the GEMM accumulate onto it (beta = 1).
-      let bp = bias.ptr, op = out.ptr
-      for r in 0..<n { (op + r * outF).update(from: bp, count: outF) }
-    }
+    if let bias { Kernels.seedRows(out.ptr, with: bias.ptr, rows: n, cols: outF) }
     if bf16 {  // B = Wᵀ: B[p][j] = W[j][p]
       gemmBF16(m: n, n: outF, k: inF, a: x.ptr, aRowStride: inF, aColStride: 1, b: .float32(weight.ptr),
                bRowStride: 1, bColStride: inF, c: out.ptr, ldc: outF, accumulate: bias != nil)
@@ -116,9 +125,6 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
               beta: 1, c: weight.gradPointer(), ldc: inF)
       }
     }
-    if let bias, bias.requiresGrad {
-      let gb = bias.gradPointer()
-      for r in 0..<n { let row = g + r * outF; for j in 0..<outF { gb[j] += row[j] } }
-    }
+    if let bias, bias.requiresGrad { Kernels.addColumnSums(of: g, rows: n, cols: outF, into: bias.gradPointer()) }
   }
 }

@@ -12,7 +12,9 @@ public final class MetricsLog {
     jsonlPath = (directory as NSString).appendingPathComponent("metrics.jsonl")
     plotPath = (directory as NSString).appendingPathComponent("loss.svg")
     if !append || !FileManager.default.fileExists(atPath: jsonlPath) {
-      FileManager.default.createFile(atPath: jsonlPath, contents: nil)
+      guard FileManager.default.createFile(atPath: jsonlPath, contents: nil) else {
+        throw RecipeError(file: jsonlPath, line: nil, key: "output", message: "cannot create the metrics file (is the output folder writable?)")
+      }
     } else {
       for record in MetricsLog.read(jsonlPath) { remember(record) }
     }

@@ -57,12 +57,12 @@ struct Bench: ParsableCommand {
     case "tokenize":
       let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
       let qwen = root.appendingPathComponent("Tests/PivotTextTests/Fixtures/qwen2").path
-      var command = try BenchTokenize.parse(["--tokenizer", tokenizer ?? qwen, "--megabytes", "\(megabytes)"])
+      let command = try BenchTokenize.parse(["--tokenizer", tokenizer ?? qwen, "--megabytes", "\(megabytes)"])
       try command.run()
     case "data":
       var args = ["--generate-mib", "64", "--threads", "\(threads)"]
       if let python { args += ["--python", python] }
-      var command = try BenchData.parse(args)
+      let command = try BenchData.parse(args)
       try command.run()
     default:
       try ModelBench(

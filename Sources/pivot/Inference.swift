@@ -221,8 +221,9 @@ struct Caption: ParsableCommand {
     try setMatmulPrecision(matmul)
     let a = try Assistant(modelDir: model, dtype: dtype)
     guard a.hasVision else { throw ValidationError("\(model) has no vision tower") }
-    FileManager.default.createFile(atPath: out, contents: nil)
-    guard let handle = FileHandle(forWritingAtPath: out) else { throw ValidationError("cannot write \(out)") }
+    guard FileManager.default.createFile(atPath: out, contents: nil), let handle = FileHandle(forWritingAtPath: out) else {
+      throw ValidationError("cannot write \(out) (is its folder there and writable?)")
+    }
     defer { try? handle.close() }
     let total = try ShardList.expand(shards).count
     let bar = ProgressBar(label: "caption", total: nil, unit: "images")
