@@ -254,8 +254,7 @@ public func writeSafeTensors(
   var headerData = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
   while headerData.count % 8 != 0 { headerData.append(UInt8(ascii: " ")) }
   let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-  FileManager.default.createFile(atPath: tmp.path, contents: nil)
-  guard let handle = FileHandle(forWritingAtPath: tmp.path) else {
+  guard FileManager.default.createFile(atPath: tmp.path, contents: nil), let handle = FileHandle(forWritingAtPath: tmp.path) else {
     throw SafeTensorsError(file: url.path, reason: "cannot create \(tmp.path)", hint: "check that the folder exists and is writable")
   }
   do {
