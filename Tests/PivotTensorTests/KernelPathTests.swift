@@ -327,6 +327,28 @@ struct VectorExpTests {
     }
   }
 
+  /// quick_gelu and silu (16 lanes, `unary16`): one call over 256 values against 256 calls of
+  /// one value, values and gradients bit for bit.
+  @Test func laneMapsAgreeBetweenBodyAndTail() {
+    let n = 256
+    let values = (0..<n).map { Float($0) * 0.0731 - 9.3 }
+    for (name, f) in [("quick_gelu", quickGelu), ("silu", silu)] as [(String, (Tensor) -> Tensor)] {
+      let whole = Tensor(values, shape: [n])
+      whole.requiresGrad = true
+      let y = f(whole)
+      y.backward(seed: Tensor((0..<n).map { Float($0 % 5) - 2 }, shape: [n]))
+      var differing = 0
+      for i in 0..<n {
+        let one = Tensor([values[i]], shape: [1])
+        one.requiresGrad = true
+        let yi = f(one)
+        yi.backward(seed: Tensor([Float(i % 5) - 2], shape: [1]))
+        if yi.ptr[0] != y.ptr[i] || one.grad!.ptr[0] != whole.grad!.ptr[i] { differing += 1 }
+      }
+      #expect(differing == 0, "\(name): \(differing) of \(n) elements differ between body and tail")
+    }
+  }
+
   /// An element's SwiGLU value and gradients do not depend on whether it falls in the 16-lane
   /// body or the scalar tail of a loop: 256 values in one call (all body) against 256 calls of
   /// one element (all tail), bit for bit.
