@@ -147,37 +147,6 @@ func unary(_ x: Tensor, _ f: @escaping (Float) -> Float, _ df: @escaping (_ x: F
   }
 }
 
-/// `unary` on 16 lanes at a time, for maps built on `Kernels.exp`: the last < 16 elements of a
-/// worker's range go through the same lanes, so no element's value depends on where it falls.
-func unary16(
-  _ x: Tensor, _ f: @escaping (SIMD16<Float>) -> SIMD16<Float>,
-  _ df: @escaping (_ x: SIMD16<Float>) -> SIMD16<Float>
-) -> Tensor {
-  func map(_ r: Range<Int>, _ body: (Int, Int) -> Void) {  // (start, lanes)
-    var i = r.lowerBound
-    while i < r.upperBound { let lanes = min(16, r.upperBound - i); body(i, lanes); i += lanes }
-  }
-  func load(_ p: UnsafePointer<Float>, _ lanes: Int) -> SIMD16<Float> {
-    if lanes == 16 { return Kernels.load16(p) }
-    var v = SIMD16<Float>(repeating: 0)
-    for l in 0..<lanes { v[l] = p[l] }
-    return v
-  }
-  func store(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>, _ lanes: Int) {
-    if lanes == 16 { Kernels.store16(v, p); return }
-    for l in 0..<lanes { p[l] = v[l] }
-  }
-  let out = Tensor(empty: x.shape)
-  let xp = x.ptr, op = out.ptr
-  parallelFor(x.count, grain: 8192) { r in map(r) { i, lanes in store(f(load(xp + i, lanes)), op + i, lanes) } }
-  return out.record([x]) { g in
-    let gx = x.gradPointer()
-    parallelFor(x.count, grain: 8192) { r in
-      map(r) { i, lanes in store(load(gx + i, lanes) + load(g + i, lanes) * df(load(xp + i, lanes)), gx + i, lanes) }
-    }
-  }
-}
-
 public func exp(_ x: Tensor) -> Tensor { unary(x, { expf($0) }, { _, y in y }) }
 public func log(_ x: Tensor) -> Tensor { unary(x, { logf($0) }, { x, _ in 1 / x }) }
 public func sqrt(_ x: Tensor) -> Tensor { unary(x, { $0.squareRoot() }, { _, y in 0.5 / y }) }
@@ -202,18 +171,17 @@ public func geluTanh(_ x: Tensor) -> Tensor {
 }
 
 /// x · σ(1.702 x), CLIP's activation.
-public func quickGelu(_ x: Tensor) -> Tensor {
-  unary16(x, { v in v / (1 + Kernels.exp(-1.702 * v)) }) { v in
-    let s = 1 / (1 + Kernels.exp(-1.702 * v))
-    return s + v * 1.702 * s * (1 - s)
-  }
-}
+public func quickGelu(_ x: Tensor) -> Tensor { sigmoidGated(x, slope: 1.702) }
 
 /// x · σ(x), LLaMA/Qwen2's activation.
-public func silu(_ x: Tensor) -> Tensor {
-  unary16(x, { v in v / (1 + Kernels.exp(-v)) }) { v in
-    let s = 1 / (1 + Kernels.exp(-v))
-    return s * (1 + v * (1 - s))
+public func silu(_ x: Tensor) -> Tensor { sigmoidGated(x, slope: 1) }
+
+/// x · σ(a·x) on 16 lanes with the vector exp (quick_gelu a = 1.702, silu a = 1).
+func sigmoidGated(_ x: Tensor, slope: Float) -> Tensor {
+  let out = Tensor(empty: x.shape)
+  Kernels.sigmoidGatedForward(out: out.ptr, inp: x.ptr, slope: slope, n: x.count)
+  return out.record([x]) { g in
+    Kernels.sigmoidGatedBackward(dinp: x.gradPointer(), dout: g, inp: x.ptr, slope: slope, n: x.count)
   }
 }
 
@@ -231,6 +199,49 @@ public func swiglu(gate: Tensor, up: Tensor) -> Tensor {
 }
 
 extension Kernels {
+  /// Runs `body(i, lanes)` over r in steps of 16; the last step may have fewer lanes.
+  @inline(__always)
+  static func byLanes(_ r: Range<Int>, _ body: (Int, Int) -> Void) {
+    var i = r.lowerBound
+    while i + 16 <= r.upperBound { body(i, 16); i += 16 }
+    if i < r.upperBound { body(i, r.upperBound - i) }
+  }
+
+  /// 16 floats, or fewer padded with zeros: tails go through the same lanes as the body.
+  @inline(__always)
+  static func load(_ p: UnsafePointer<Float>, lanes: Int) -> SIMD16<Float> {
+    if lanes == 16 { return load16(p) }
+    var v = SIMD16<Float>(repeating: 0)
+    for l in 0..<lanes { v[l] = p[l] }
+    return v
+  }
+
+  @inline(__always)
+  static func store(_ v: SIMD16<Float>, _ p: UnsafeMutablePointer<Float>, lanes: Int) {
+    if lanes == 16 { store16(v, p); return }
+    for l in 0..<lanes { p[l] = v[l] }
+  }
+
+  /// out = x · σ(a·x).
+  public static func sigmoidGatedForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, slope: Float, n: Int) {
+    parallelFor(n, grain: 8192) { r in
+      byLanes(r) { i, lanes in
+        let x = load(inp + i, lanes: lanes)
+        store(x / (1 + exp(x * -slope)), out + i, lanes: lanes)
+      }
+    }
+  }
+
+  /// dinp += dout · (σ(a·x) + a·x·σ(a·x)(1 − σ(a·x))).
+  public static func sigmoidGatedBackward(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, slope: Float, n: Int) {
+    parallelFor(n, grain: 8192) { r in
+      byLanes(r) { i, lanes in
+        let x = load(inp + i, lanes: lanes), s = 1 / (1 + exp(x * -slope))
+        store(load(dinp + i, lanes: lanes) + load(dout + i, lanes: lanes) * (s + x * slope * s * (1 - s)), dinp + i, lanes: lanes)
+      }
+    }
+  }
+
   public static func swigluForward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int) {
     parallelFor(n, grain: 8192) { r in
       var i = r.lowerBound

@@ -327,7 +327,7 @@ struct VectorExpTests {
     }
   }
 
-  /// quick_gelu and silu (16 lanes, `unary16`): one call over 256 values against 256 calls of
+  /// quick_gelu and silu (16 lanes, `sigmoidGated`): one call over 256 values against 256 calls of
   /// one value, values and gradients bit for bit.
   @Test func laneMapsAgreeBetweenBodyAndTail() {
     let n = 256
