@@ -99,12 +99,14 @@ public func frozenHeadCrossEntropy(_ x: Tensor, head: FrozenHeadWeight, targets:
               if cols.contains(t) { tl[r] = row[t - v0] }
               let m = max(mx[r], Kernels.maxValue(row, count: cols.count))
               if m > mx[r] {
-                let rescale = expf(mx[r] - m)  // 0 on the first tile, where dx and Σ are 0
-                sm[r] *= Double(rescale)
+                // 0 on the first tile (dx and Σ still 0), and when m jumps by more than ~104:
+                // then Σ and dx must both drop what they held, so dx is tested before Σ changes.
+                let rescale = expf(mx[r] - m)
                 if needsGradient && sm[r] > 0 {
                   let d = dxp + r * c
                   for i in 0..<c { d[i] *= rescale }
                 }
+                sm[r] *= Double(rescale)
                 mx[r] = m
               }
               sm[r] += Double(Kernels.sumExp(row, count: cols.count, shift: m, storingTo: needsGradient ? row : nil))

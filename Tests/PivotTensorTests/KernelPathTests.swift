@@ -277,6 +277,18 @@ struct FrozenHeadCrossEntropyTests {
     }
   }
 
+  /// A later tile whose logit is 120 above everything before it: the running sum and the
+  /// unnormalised dx both underflow to 0 on rescaling, and dx must lose what it held too.
+  @Test func aMaxJumpBeyondFloatRangeResetsTheGradient() {
+    let w = Tensor([0, 1, 0, 1, 120, 0, 0, 0], shape: [4, 2])  // logits of x = (1, 0): 0, 0, 120, 0
+    let x = Tensor([1, 0], shape: [1, 2])
+    let whole = Self.run(x) { crossEntropy(linear(x, w), targets: [0]) }
+    let tiles = Self.run(x) { frozenHeadCrossEntropy(x, head: .float32(w), targets: [0], vocabTile: 2) }
+    #expect(abs(tiles.0 - whole.0) < 1e-4, "loss \(tiles.0) vs \(whole.0)")
+    let (ok, d) = compare(tiles.1, whole.1, atol: 1e-5, rtol: 1e-5)
+    #expect(ok, "input gradient \(Array(UnsafeBufferPointer(start: tiles.1.ptr, count: 2))) differs by \(d)")
+  }
+
   @Test func gradcheckThroughTiles() {
     let w = KernelPathTests.random([30, 8], seed: 42)
     let x = KernelPathTests.random([5, 8], seed: 43)
