@@ -244,13 +244,10 @@ extension Kernels {
 
   public static func swigluForward(out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int) {
     parallelFor(n, grain: 8192) { r in
-      var i = r.lowerBound
-      while i + 16 <= r.upperBound {
-        let x = load16(gate + i)
-        store16(x / (1 + exp(-x)) * load16(up + i), out + i)
-        i += 16
+      byLanes(r) { i, lanes in
+        let x = load(gate + i, lanes: lanes)
+        store(x / (1 + exp(-x)) * load(up + i, lanes: lanes), out + i, lanes: lanes)
       }
-      while i < r.upperBound { let x = gate[i]; out[i] = x / (1 + exp(lane: -x)) * up[i]; i += 1 }
     }
   }
 
@@ -260,18 +257,12 @@ extension Kernels {
     dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int
   ) {
     parallelFor(n, grain: 8192) { r in
-      var i = r.lowerBound
-      while i + 16 <= r.upperBound {
-        let x = load16(gate + i), g = load16(dout + i), s = 1 / (1 + exp(-x))
-        if let dgate { store16(load16(dgate + i) + g * load16(up + i) * s * (1 + x * (1 - s)), dgate + i) }
-        if let dup { store16(load16(dup + i) + g * x * s, dup + i) }
-        i += 16
-      }
-      while i < r.upperBound {
-        let x = gate[i], s = 1 / (1 + exp(lane: -x))
-        dgate?[i] += dout[i] * up[i] * s * (1 + x * (1 - s))
-        dup?[i] += dout[i] * x * s
-        i += 1
+      byLanes(r) { i, lanes in
+        let x = load(gate + i, lanes: lanes), g = load(dout + i, lanes: lanes), s = 1 / (1 + exp(-x))
+        if let dgate {
+          store(load(dgate + i, lanes: lanes) + g * load(up + i, lanes: lanes) * s * (1 + x * (1 - s)), dgate + i, lanes: lanes)
+        }
+        if let dup { store(load(dup + i, lanes: lanes) + g * x * s, dup + i, lanes: lanes) }
       }
     }
   }
