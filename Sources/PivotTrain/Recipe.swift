@@ -259,11 +259,16 @@ public struct Recipe: Sendable, Codable {
   }
 
   /// Optimizer steps that `epochs` passes over `samples` training samples take (the last
-  /// micro-batch and the last step may be short), capped by `max_steps` when the file sets it.
-  public func steps(forEpochsOver samples: Int) -> Int {
-    guard let epochs else { return maxSteps }
+  /// micro-batch and the last step may be short); nil without `epochs`.
+  public func epochSteps(over samples: Int) -> Int? {
+    guard let epochs else { return nil }
     let perStep = batchSize * gradAccum
-    let steps = max(1, (samples * epochs + perStep - 1) / perStep)
+    return max(1, (samples * epochs + perStep - 1) / perStep)
+  }
+
+  /// The run's length: `epochSteps`, capped by `max_steps` when the file sets it; or `max_steps`.
+  public func steps(forEpochsOver samples: Int) -> Int {
+    guard let steps = epochSteps(over: samples) else { return maxSteps }
     return maxStepsGiven ? min(steps, maxSteps) : steps
   }
 }

@@ -89,11 +89,10 @@ public struct RunSetup {
     let shards = try recipe.data.sources.filter { $0.weight > 0 }.flatMap { try ShardList.expand($0.shards) }
     var samples = 0
     for (i, shard) in shards.enumerated() {
-      let reader: ShardSampleReader
-      do { reader = try ShardSampleReader(path: shard) } catch {
-        throw RecipeError(file: recipe.file, line: nil, key: "epochs", message: "counting samples: \(error)")
-      }
-      do { while try reader.next() != nil { samples += 1 } } catch {
+      do {
+        let reader = try ShardSampleReader(path: shard)
+        while try reader.next() != nil { samples += 1 }
+      } catch {
         throw RecipeError(file: recipe.file, line: nil, key: "epochs",
                           message: "counting samples: \(shard): \(error) (check it with `pivot shards verify`)")
       }

@@ -22,7 +22,13 @@ public final class ShardBatchSource: BatchSource {
   deinit { loader.stop() }
 
   public func next() throws -> TrainBatch {
-    guard let b = try loader.next() else { throw EndOfData(epochs: config.epochs ?? 0) }
+    guard let b = try loader.next() else {
+      // Only a finite number of epochs ends the data; an unbounded stream that stops is an error.
+      guard let epochs = config.epochs else {
+        throw DataError.invalid("the training data stopped although no epochs were set (no readable shard left?); check the shards with `pivot shards verify`")
+      }
+      throw EndOfData(epochs: epochs)
+    }
     lastCursor = b.cursor
     badSamples = b.stats.badTotal
     return Self.convert(b)

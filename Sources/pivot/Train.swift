@@ -28,9 +28,7 @@ struct Train: ParsableCommand {
       let counting = ProgressBar(label: "counting samples", total: nil, unit: "shards")
       let samples = try setup.countTrainingSamples { done, shards, samples in counting.update(done, detail: "of \(shards), \(samples) samples") }
       counting.finish(detail: "\(samples) samples")
-      var uncapped = r
-      uncapped.maxStepsGiven = false
-      let all = uncapped.steps(forEpochsOver: samples)
+      let all = r.epochSteps(over: samples) ?? r.maxSteps
       r.maxSteps = r.steps(forEpochsOver: samples)
       eprint("epochs: \(epochs) × \(samples) samples at \(r.batchSize * r.gradAccum) per step: \(all) steps"
              + (r.maxSteps < all ? "; max_steps stops the run at \(r.maxSteps)" : ""))
