@@ -8,13 +8,17 @@ import PivotTensor
 /// (Blip2QFormerModel names), `language_projection.*`, `language_model.*` (the LLM's HF names).
 public final class ChatModel: Module, @unchecked Sendable {
   public let visionTower: any VisionTower
-  public let queryTokens: Tensor  // (1, Q, Dq)
-  public let qformer: QFormer
-  public let languageProjection: Linear
+  /// The Q-Former bridge (nil for the MLP bridge).
+  public let queryTokens: Tensor?  // (1, Q, Dq)
+  public let qformer: QFormer?
+  public let languageProjection: Linear?
+  /// The MLP bridge (nil for the Q-Former).
+  public let multiModalProjector: MLPProjector?
   public let languageModel: DecoderLM
   public var config: ChatModelConfig
 
-  public var numQueryTokens: Int { queryTokens.shape[1] }
+  /// Soft tokens per image: the Q-Former's queries, or the MLP's (pooled) patch count.
+  public var imageTokenCount: Int { config.imageTokenCount }
 
   /// `initializeVision` / `initializeLLM` false skip drawing weights that a checkpoint will replace.
   public init(_ config: ChatModelConfig, seed: UInt64 = 0, initializeVision: Bool = true, initializeLLM: Bool = true) {
@@ -32,19 +36,38 @@ public final class ChatModel: Module, @unchecked Sendable {
       tower.featureLayer = config.featureLayer
       visionTower = tower
     }
-    var q = config.qformer
-    q.encoderHiddenSize = config.vision.hiddenSize
-    queryTokens = Tensor(empty: [1, config.numQueryTokens, q.hiddenSize])
-    rng.fillNormal(queryTokens, std: q.initializerRange)
-    queryTokens.requiresGrad = true
-    qformer = QFormer(q, seed: rng.next())
-    languageProjection = Linear(q.hiddenSize, config.decoder.hiddenSize, bias: true, std: q.initializerRange, rng: &rng)
+    switch config.bridge {
+    case .qformer:
+      var q = config.qformer
+      q.encoderHiddenSize = config.vision.hiddenSize
+      let tokens = Tensor(empty: [1, config.numQueryTokens, q.hiddenSize])
+      rng.fillNormal(tokens, std: q.initializerRange)
+      tokens.requiresGrad = true
+      queryTokens = tokens
+      qformer = QFormer(q, seed: rng.next())
+      languageProjection = Linear(q.hiddenSize, config.decoder.hiddenSize, bias: true, std: q.initializerRange, rng: &rng)
+      multiModalProjector = nil
+    case .mlp:
+      queryTokens = nil
+      qformer = nil
+      languageProjection = nil
+      multiModalProjector = MLPProjector(visionWidth: config.vision.hiddenSize, textWidth: config.decoder.hiddenSize,
+                                         hiddenAct: config.mlp.hiddenAct, std: config.mlp.initializerRange, rng: &rng)
+    }
     let llmSeed = rng.next()
     languageModel = maybe(initializeLLM) { DecoderLM(config.decoder, seed: llmSeed) }
   }
 
+  /// Parameter patterns of the bridge (what stage 1 trains).
+  public var bridgePatterns: [String] {
+    switch config.bridge {
+    case .qformer: ["query_tokens", "qformer.*", "language_projection.*"]
+    case .mlp: ["multi_modal_projector.*"]
+    }
+  }
+
   /// The frozen Linears of the vision tower and the frozen weights of the LLM keep only a
-  /// bfloat16 copy (the Q-Former and projection train in every stage and stay float32).
+  /// bfloat16 copy (the bridge trains in every stage and stays float32).
   @discardableResult
   public func storeFrozenWeightsInBF16() -> Int {
     visionTower.storeFrozenLinearWeightsInBF16() + languageModel.storeFrozenWeightsInBF16()
@@ -52,34 +75,44 @@ public final class ChatModel: Module, @unchecked Sendable {
 
   var visionIsFrozen: Bool { !visionTower.parameters().contains { $0.requiresGrad } }
 
-  /// Soft tokens (B, Q, D) for pixels (B, 3, H, W). A frozen tower runs without recording.
+  /// Soft tokens (B, N, D) for pixels (B, 3, H, W). A frozen tower runs without recording.
   public func imageTokens(_ pixels: Tensor) -> Tensor {
-    let b = pixels.shape[0]
     let features = visionIsFrozen ? noGrad { visionTower.features(pixels) } : visionTower.features(pixels)
     return softTokens(imageFeatures: features)
   }
 
-  /// Soft tokens (B, Q, D) from vision features (B, S, Dv): Q-Former over the learned queries, then the projection.
+  /// Soft tokens (B, N, D) from vision features (B, S, Dv): the Q-Former over the learned
+  /// queries, then the projection; or the patch rows (class token dropped, LLaVA's `default`
+  /// selection), average-pooled over the grid when configured, then the MLP.
   public func softTokens(imageFeatures features: Tensor) -> Tensor {
     let b = features.shape[0]
-    let queries = b == 1 ? queryTokens : concat(Array(repeating: queryTokens, count: b), axis: 0)
-    return languageProjection(qformer(queries, imageFeatures: features))
+    switch config.bridge {
+    case .qformer:
+      let queries = b == 1 ? queryTokens! : concat(Array(repeating: queryTokens!, count: b), axis: 0)
+      return languageProjection!(qformer!(queries, imageFeatures: features))
+    case .mlp:
+      let g = config.patchGrid, s = features.shape[1]
+      precondition(s == g * g || s == g * g + 1, "vision features \(features.shape) for a \(g)×\(g) patch grid")
+      var patches = s == g * g ? features : slice(features, axis: 1, 1..<s)  // (B, G·G, Dv)
+      if let p = config.mlp.poolGrid, p != g { patches = adaptiveAvgPoolGrid(patches, grid: g, to: p) }  // (B, P·P, Dv)
+      return multiModalProjector!(patches)
+    }
   }
 
-  /// Token embeddings (B, T, D) with each row's image slot (Q positions starting at
+  /// Token embeddings (B, T, D) with each row's image slot (N positions starting at
   /// `imageStarts[b]`) replaced by soft tokens. `pixels` holds one image per row whose start is
   /// not nil, in row order, so text-only rows cost no vision work.
   public func inputEmbeddings(ids: [Int32], batch b: Int, length t: Int, pixels: Tensor?, imageStarts: [Int?]) -> Tensor {
     let text = languageModel.embed(ids, shape: [b, t])
     guard let pixels else { return text }
-    let q = numQueryTokens
+    let q = imageTokenCount
     precondition(imageStarts.count == b, "\(imageStarts.count) image slots for \(b) rows")
     precondition(pixels.shape[0] == imageStarts.compactMap { $0 }.count, "\(pixels.shape[0]) images for \(imageStarts.compactMap { $0 }.count) image slots")
     let soft = reshape(imageTokens(pixels), [pixels.shape[0] * q, languageModel.config.hiddenSize])  // (N·Q, D)
     var rows: [Int] = []
     for (r, start) in imageStarts.enumerated() {
       guard let start else { continue }
-      precondition(start + q <= t, "image slot at \(start) + \(q) queries does not fit in \(t) positions")
+      precondition(start + q <= t, "image slot at \(start) + \(q) soft tokens does not fit in \(t) positions")
       rows += (0..<q).map { r * t + start + $0 }
     }
     return scatterRows(text, rows: rows, from: soft)
@@ -95,7 +128,11 @@ public final class ChatModel: Module, @unchecked Sendable {
 /// How the parts are put together, saved as `pivot_config.json` beside the weights.
 public struct ChatModelConfig: Sendable {
   public var vision: VisionConfig
+  public var bridge: BridgeKind
+  /// The Q-Former's configuration (used when `bridge` is qformer).
   public var qformer: QFormerConfig
+  /// The MLP bridge's settings (used when `bridge` is mlp).
+  public var mlp: MLPBridgeConfig
   public var decoder: DecoderConfig
   public var numQueryTokens: Int
   /// Input resolution of the images (the tower's own unless overridden, e.g. DINOv2 at 224).
@@ -104,23 +141,51 @@ public struct ChatModelConfig: Sendable {
   /// Token id of the placeholder the chat template expands into the image slot.
   public var imageTokenId: Int32
   public var chatTemplate: String
+  /// How captions were last trained: `chat` (the chat template with an instruction) or
+  /// `plain` (LLaVA's stage-1 format: the image slot, then the caption and an end token).
+  public var captionFormat: String
 
-  public init(vision: VisionConfig, qformer: QFormerConfig, decoder: DecoderConfig, numQueryTokens: Int, imageSize: Int? = nil,
-              featureLayer: Int = -1, imageTokenId: Int32 = 0, chatTemplate: String = "chatml") {
+  public init(vision: VisionConfig, bridge: BridgeKind = .qformer, qformer: QFormerConfig, mlp: MLPBridgeConfig = MLPBridgeConfig(),
+              decoder: DecoderConfig, numQueryTokens: Int, imageSize: Int? = nil,
+              featureLayer: Int = -1, imageTokenId: Int32 = 0, chatTemplate: String = "chatml", captionFormat: String = "chat") {
     self.vision = vision
+    self.bridge = bridge
     self.qformer = qformer
+    self.mlp = mlp
     self.decoder = decoder
     self.numQueryTokens = numQueryTokens
     self.imageSize = imageSize ?? vision.imageSize
     self.featureLayer = featureLayer
     self.imageTokenId = imageTokenId
     self.chatTemplate = chatTemplate
+    self.captionFormat = captionFormat
+  }
+
+  /// Side of the tower's patch grid at `imageSize`.
+  public var patchGrid: Int { imageSize / vision.patchSize }
+
+  /// Soft tokens per image.
+  public var imageTokenCount: Int {
+    switch bridge {
+    case .qformer: numQueryTokens
+    case .mlp: (mlp.poolGrid ?? patchGrid) * (mlp.poolGrid ?? patchGrid)
+    }
   }
 
   public var json: [String: Any] {
-    ["vision": vision.json, "qformer": qformer.json, "decoder": decoder.json, "num_query_tokens": numQueryTokens,
-     "image_size": imageSize, "feature_layer": featureLayer, "image_token_id": Int(imageTokenId), "chat_template": chatTemplate,
-     "format": "pivot-chat-model", "version": 1]
+    var d: [String: Any] = [
+      "vision": vision.json, "bridge": bridge.rawValue, "decoder": decoder.json,
+      "image_size": imageSize, "feature_layer": featureLayer, "image_token_id": Int(imageTokenId), "chat_template": chatTemplate,
+      "caption_format": captionFormat, "format": "pivot-chat-model", "version": 1,
+    ]
+    switch bridge {
+    case .qformer:
+      d["qformer"] = qformer.json
+      d["num_query_tokens"] = numQueryTokens
+    case .mlp:
+      d["mlp"] = mlp.json
+    }
+    return d
   }
 
   public static func read(_ path: String) throws -> ChatModelConfig {
@@ -128,22 +193,54 @@ public struct ChatModelConfig: Sendable {
     guard d["format"] as? String == "pivot-chat-model" else {
       throw ModelLoadError(file: path, reason: "not a Pivot chat-model config (format != pivot-chat-model)")
     }
-    guard let v = d["vision"] as? [String: Any], let q = d["qformer"] as? [String: Any], let l = d["decoder"] as? [String: Any] else {
-      throw ModelLoadError(file: path, reason: "needs vision, qformer and decoder sections")
+    let r = ConfigReader(dict: d, file: path)
+    let bridgeName = r.string("bridge", "qformer")
+    guard let bridge = BridgeKind(rawValue: bridgeName) else {
+      throw ModelLoadError(file: path, reason: "unknown bridge '\(bridgeName)'", hint: "qformer or mlp")
+    }
+    guard let v = d["vision"] as? [String: Any], let l = d["decoder"] as? [String: Any] else {
+      throw ModelLoadError(file: path, reason: "needs vision and decoder sections")
     }
     guard case .vision(let vision) = try AnyModelConfig.parse(v, file: path + " [vision]") else {
       throw ModelLoadError(file: path, reason: "the vision section is not a vision tower config")
     }
-    guard case .qformer(let qformer) = try AnyModelConfig.parse(q, file: path + " [qformer]") else {
-      throw ModelLoadError(file: path, reason: "the qformer section is not a blip_2_qformer config")
-    }
     guard case .decoder(let decoder) = try AnyModelConfig.parse(l, file: path + " [decoder]") else {
       throw ModelLoadError(file: path, reason: "the decoder section is not a qwen2/llama config")
     }
-    let r = ConfigReader(dict: d, file: path)
-    return ChatModelConfig(
-      vision: vision, qformer: qformer, decoder: decoder, numQueryTokens: try r.int("num_query_tokens"),
+    var qformer = QFormerConfig()
+    var mlp = MLPBridgeConfig()
+    switch bridge {
+    case .qformer:
+      guard let q = d["qformer"] as? [String: Any] else { throw ModelLoadError(file: path, reason: "bridge qformer needs a qformer section") }
+      guard case .qformer(let qc) = try AnyModelConfig.parse(q, file: path + " [qformer]") else {
+        throw ModelLoadError(file: path, reason: "the qformer section is not a blip_2_qformer config")
+      }
+      qformer = qc
+    case .mlp:
+      let m = ConfigReader(dict: d["mlp"] as? [String: Any] ?? [:], file: path + " [mlp]")
+      mlp.poolGrid = m.dict["pool_grid"] == nil ? nil : try m.int("pool_grid")
+      mlp.hiddenAct = m.string("projector_hidden_act", "gelu")
+      mlp.initializerRange = try m.float("initializer_range", 0.02)
+    }
+    let config = ChatModelConfig(
+      vision: vision, bridge: bridge, qformer: qformer, mlp: mlp, decoder: decoder,
+      numQueryTokens: bridge == .qformer ? try r.int("num_query_tokens") : 0,
       imageSize: try r.int("image_size", vision.imageSize), featureLayer: try r.int("feature_layer", -1),
-      imageTokenId: Int32(try r.int("image_token_id", 0)), chatTemplate: r.string("chat_template", "chatml"))
+      imageTokenId: Int32(try r.int("image_token_id", 0)), chatTemplate: r.string("chat_template", "chatml"),
+      captionFormat: r.string("caption_format", "chat"))
+    try config.validateBridge(file: path)
+    return config
+  }
+
+  /// The MLP bridge's pooled grid must fit the tower's patch grid.
+  public func validateBridge(file: String) throws {
+    guard bridge == .mlp else { return }
+    let g = patchGrid
+    guard g >= 1, g * vision.patchSize == imageSize else {
+      throw ModelLoadError(file: file, reason: "image_size \(imageSize) is not a multiple of the patch size \(vision.patchSize)")
+    }
+    if let p = mlp.poolGrid, p < 1 || p > g {
+      throw ModelLoadError(file: file, reason: "mlp pool_grid \(p) must be between 1 and the patch grid \(g)")
+    }
   }
 }

@@ -225,6 +225,9 @@ public enum VisionConfig: Sendable, Equatable {
   public var imageSize: Int {
     switch self { case .clip(let c): c.imageSize; case .dinov2(let c): c.imageSize }
   }
+  public var patchSize: Int {
+    switch self { case .clip(let c): c.patchSize; case .dinov2(let c): c.patchSize }
+  }
   public var json: [String: Any] {
     switch self { case .clip(let c): c.json; case .dinov2(let c): c.json }
   }

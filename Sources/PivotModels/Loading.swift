@@ -140,19 +140,48 @@ extension ChatModel {
     case .dinov2: try ModelFolder.load(model.visionTower, from: visionDir, sanitize: Dinov2Model.sanitize, allowMissing: towerNames.filter { $0.hasSuffix("mask_token") })
     }
     try ModelFolder.load(model.languageModel, from: llmDir) { DecoderLM.sanitize($0, config: decoder) }
-    if let qformerDir {
+    if let qformerDir, let qformer = model.qformer {
       let raw = try ModelFolder.weights(qformerDir)
-      try model.qformer.load(QFormer.sanitize(raw), source: qformerDir, allowUnused: true, zeroCopy: true)
+      try qformer.load(QFormer.sanitize(raw), source: qformerDir, allowUnused: true, zeroCopy: true)
       if let qt = raw["query_tokens"] { try model.load(["query_tokens": qt], source: qformerDir, allowUnused: true, allowMissing: Set(model.namedParameters().map(\.0)).subtracting(["query_tokens"])) }
     }
     return model
   }
 
-  /// A Pivot model folder: `pivot_config.json` + `model.safetensors` with every weight.
+  /// A Pivot model folder: `pivot_config.json` + `model.safetensors` with every weight, or the
+  /// HF-layout folders `exportHF` writes (`vision/`, `qformer/` or `projector/`, `llm/`).
   public static func load(folder dir: String) throws -> ChatModel {
     let config = try ChatModelConfig.read((dir as NSString).appendingPathComponent("pivot_config.json"))
     let model = withoutInitialization { ChatModel(config) }
-    try model.load(try ModelFolder.weights(dir), source: dir, allowMissing: Set(model.namedParameters().map(\.0).filter { $0.hasSuffix("mask_token") }), zeroCopy: true)
+    let optional = Set(model.namedParameters().map(\.0).filter { $0.hasSuffix("mask_token") })
+    let fm = FileManager.default
+    if !fm.fileExists(atPath: (dir as NSString).appendingPathComponent("model.safetensors")),
+      fm.fileExists(atPath: (dir as NSString).appendingPathComponent("llm/model.safetensors"))
+    {
+      var weights: [String: Tensor] = [:]
+      func add(_ sub: String, prefix: String, file: String = "model.safetensors", sanitize: ([String: Tensor]) -> [String: Tensor] = { $0 }) throws {
+        let path = ((dir as NSString).appendingPathComponent(sub) as NSString).appendingPathComponent(file)
+        let ckpt = try SafeTensorsCheckpoint(path: path)
+        var part: [String: Tensor] = [:]
+        for name in ckpt.names { part[name] = try ckpt.tensor(name) }
+        for (name, t) in sanitize(part) { weights[prefix + name] = t }
+      }
+      switch config.vision {
+      case .clip: try add("vision", prefix: "vision_tower.", sanitize: CLIPVisionModel.sanitize)
+      case .dinov2: try add("vision", prefix: "vision_tower.", sanitize: Dinov2Model.sanitize)
+      }
+      try add("llm", prefix: "language_model.")
+      switch config.bridge {
+      case .qformer:
+        try add("qformer", prefix: "qformer.")
+        try add("qformer", prefix: "", file: "projector.safetensors")
+      case .mlp:
+        try add("projector", prefix: "")
+      }
+      try model.load(weights, source: dir, allowMissing: optional, zeroCopy: true)
+      return model
+    }
+    try model.load(try ModelFolder.weights(dir), source: dir, allowMissing: optional, zeroCopy: true)
     return model
   }
 
@@ -165,23 +194,34 @@ extension ChatModel {
   }
 
   /// HF-layout folders that `transformers` loads: `vision/` (CLIPVisionModel or Dinov2Model),
-  /// `qformer/` (Blip2QFormerModel; `projector.safetensors` beside it holds `query_tokens` and
-  /// `language_projection.*`), `llm/` (Qwen2ForCausalLM or LlamaForCausalLM).
+  /// `llm/` (Qwen2ForCausalLM or LlamaForCausalLM), and the bridge: `qformer/`
+  /// (Blip2QFormerModel; `projector.safetensors` beside it holds `query_tokens` and
+  /// `language_projection.*`) or `projector/` (`multi_modal_projector.linear_1/2.*`, the names
+  /// of LlavaForConditionalGeneration, which `LlavaMultiModalProjector` loads).
   public func exportHF(to dir: String, tokenizerFile: String? = nil) throws {
     let fm = FileManager.default
-    let parts: [(String, [String: Any], [(String, Tensor)])] = [
-      ("vision", config.vision.json, visionTower.namedParameters()),
-      ("qformer", config.qformer.json.merging(["architectures": ["Blip2QFormerModel"]]) { a, _ in a }, qformer.namedParameters()),
-      ("llm", config.decoder.json, languageModel.namedParameters()),
-    ]
+    var parts: [(String, [String: Any], [(String, Tensor)])] = [("vision", config.vision.json, visionTower.namedParameters())]
+    if let qformer {
+      parts.append(("qformer", config.qformer.json.merging(["architectures": ["Blip2QFormerModel"]]) { a, _ in a }, qformer.namedParameters()))
+    }
+    if let multiModalProjector {
+      let projectorConfig: [String: Any] = config.mlp.json.merging([
+        "model_type": "llava_projector", "vision_hidden_size": config.vision.hiddenSize, "text_hidden_size": config.decoder.hiddenSize,
+        "patch_grid": config.patchGrid, "vision_feature_select_strategy": "default",
+      ]) { a, _ in a }
+      parts.append(("projector", projectorConfig, multiModalProjector.namedParameters(prefix: "multi_modal_projector")))
+    }
+    parts.append(("llm", config.decoder.json, languageModel.namedParameters()))
     for (sub, cfg, params) in parts {
       let path = (dir as NSString).appendingPathComponent(sub)
       try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
       try writeJSON(cfg, to: (path as NSString).appendingPathComponent("config.json"))
       try writeSafeTensors(params, to: URL(fileURLWithPath: path).appendingPathComponent("model.safetensors"), metadata: ["format": "pt"])
     }
-    let projector = [("query_tokens", queryTokens)] + languageProjection.namedParameters(prefix: "language_projection")
-    try writeSafeTensors(projector, to: URL(fileURLWithPath: dir).appendingPathComponent("qformer/projector.safetensors"), metadata: ["format": "pt"])
+    if let queryTokens, let languageProjection {
+      let projector = [("query_tokens", queryTokens)] + languageProjection.namedParameters(prefix: "language_projection")
+      try writeSafeTensors(projector, to: URL(fileURLWithPath: dir).appendingPathComponent("qformer/projector.safetensors"), metadata: ["format": "pt"])
+    }
     if let tokenizerFile {
       let dst = ((dir as NSString).appendingPathComponent("llm") as NSString).appendingPathComponent("tokenizer.json")
       try? fm.removeItem(atPath: dst)

@@ -337,3 +337,57 @@ public func cachedAttention(_ q: Tensor, keys: Tensor, values: Tensor, length: I
   }
   return out
 }
+
+// MARK: Pooling
+
+/// The input cells (start, end) that output cell `i` of `outSize` averages over an axis of
+/// `inSize`, as PyTorch's adaptive_avg_pool2d picks them (equal to avg_pool2d with
+/// kernel = stride = in/out when that divides).
+@inline(__always) func adaptivePoolWindow(_ i: Int, inSize: Int, outSize: Int) -> (Int, Int) {
+  (i * inSize / outSize, ((i + 1) * inSize + outSize - 1) / outSize)
+}
+
+/// 2-D adaptive average pooling of a square grid of tokens: x (B, G·G, C), rows in row-major
+/// grid order → (B, P·P, C). How an MLP bridge shows the LLM a few positions per image.
+public func adaptiveAvgPoolGrid(_ x: Tensor, grid g: Int, to p: Int) -> Tensor {
+  precondition(x.rank == 3 && x.shape[1] == g * g, "grid pooling expects (B, \(g)·\(g), C), got \(x.shape)")
+  precondition(p >= 1 && p <= g, "pooled grid \(p) must be between 1 and the grid \(g)")
+  let (b, c) = (x.shape[0], x.shape[2])
+  let out = Tensor.zeros([b, p * p, c])
+  // Each output cell: its window and 1 / its cell count.
+  var windows: [(y0: Int, y1: Int, x0: Int, x1: Int, weight: Float)] = []
+  for oy in 0..<p {
+    let (y0, y1) = adaptivePoolWindow(oy, inSize: g, outSize: p)
+    for ox in 0..<p {
+      let (x0, x1) = adaptivePoolWindow(ox, inSize: g, outSize: p)
+      windows.append((y0, y1, x0, x1, 1 / Float((y1 - y0) * (x1 - x0))))
+    }
+  }
+  for bi in 0..<b {
+    for (cell, w) in windows.enumerated() {
+      let dst = out.ptr + (bi * p * p + cell) * c
+      for y in w.y0..<w.y1 {
+        for xx in w.x0..<w.x1 {
+          let src = x.ptr + (bi * g * g + y * g + xx) * c
+          for j in 0..<c { dst[j] += src[j] }
+        }
+      }
+      for j in 0..<c { dst[j] *= w.weight }
+    }
+  }
+  let xs = x.slot
+  return out.record([x]) { grad in
+    let gx = xs.gradPointer()
+    for bi in 0..<b {
+      for (cell, w) in windows.enumerated() {
+        let src = grad + (bi * p * p + cell) * c
+        for y in w.y0..<w.y1 {
+          for xx in w.x0..<w.x1 {
+            let dst = gx + (bi * g * g + y * g + xx) * c
+            for j in 0..<c { dst[j] += src[j] * w.weight }
+          }
+        }
+      }
+    }
+  }
+}

@@ -10,13 +10,17 @@ public struct ChatSampleEncoder: SampleEncoder {
   public let captionPrompt: String
   /// Stage 0: the caption field is plain text and every token carries loss.
   public let plainText: Bool
+  /// LLaVA's stage-1 `plain` format: the image slot, the caption, an end token; loss on the
+  /// caption and the end token. A sample costs its soft tokens plus its caption.
+  public let plainCaptions: Bool
   public let padId: Int32
 
-  public init(template: ChatTemplate, imageTokenCount: Int, captionPrompt: String, plainText: Bool = false) {
+  public init(template: ChatTemplate, imageTokenCount: Int, captionPrompt: String, plainText: Bool = false, plainCaptions: Bool = false) {
     self.template = template
     self.imageTokenCount = imageTokenCount
     self.captionPrompt = captionPrompt
     self.plainText = plainText
+    self.plainCaptions = plainCaptions
     let tok = template.tokenizer
     padId = tok.id(forToken: "<|endoftext|>") ?? tok.eosTokenID ?? 0
   }
@@ -27,9 +31,24 @@ public struct ChatSampleEncoder: SampleEncoder {
       if let eos = template.tokenizer.id(forToken: "<|endoftext|>") ?? template.tokenizer.eosTokenID { ids.append(eos) }
       return EncodedSample(ids: ids, labels: ids, imageSlot: nil)
     }
+    if plainCaptions { return try plainCaption(caption) }
     let messages = [ChatMessage(role: "user", content: "\(template.imageMarker)\n\(captionPrompt)"), ChatMessage(role: "assistant", content: caption)]
     let r = try template.render(messages: messages, imageTokenCount: imageTokenCount)
     return EncodedSample(ids: r.ids, labels: r.labels, imageSlot: r.imageSlot)
+  }
+
+  /// The end token of a plain caption: the tokenizer's end of text, else its eos.
+  public static func plainCaptionEnd(_ tokenizer: Tokenizer) -> Int32? {
+    tokenizer.id(forToken: "<|endoftext|>") ?? tokenizer.eosTokenID
+  }
+
+  /// [image slot] caption <end>: ids and labels (the caption and end token carry loss).
+  func plainCaption(_ caption: String) throws -> EncodedSample {
+    guard let placeholder = template.imagePlaceholderID else { throw ChatTemplateError.imageWithoutPlaceholder }
+    guard let end = Self.plainCaptionEnd(template.tokenizer) else { throw ChatTemplateError.missingToken("<|endoftext|> or an eos token") }
+    let text = template.tokenizer.encode(caption, addSpecialTokens: false) + [end]
+    let slot = [Int32](repeating: placeholder, count: imageTokenCount)
+    return EncodedSample(ids: slot + text, labels: [Int32](repeating: ignoreLabel, count: imageTokenCount) + text, imageSlot: 0..<imageTokenCount)
   }
 
   public func encodeConversation(_ turns: [ConversationTurn]) throws -> EncodedSample {

@@ -71,8 +71,16 @@ public enum ModelBuilder {
     }
     if let layers = m.qformerLayers { q.numHiddenLayers = layers }
     q.encoderHiddenSize = visionConfig.hiddenSize
-    let config = ChatModelConfig(vision: visionConfig, qformer: q, decoder: decoderConfig, numQueryTokens: m.numQueryTokens,
-                                 imageSize: m.imageSize, featureLayer: m.featureLayer, imageTokenId: 0, chatTemplate: m.chatTemplate)
+    let bridge = BridgeKind(rawValue: m.bridge) ?? .qformer
+    if bridge == .mlp && (m.qformer != nil || m.qformerConfig != nil || m.qformerInit != nil) {
+      throw fail("model.bridge", "bridge mlp has no Q-Former: drop model.qformer, model.qformer_config and model.qformer_init")
+    }
+    if bridge == .qformer && m.mlpPoolGrid != nil { throw fail("model.mlp_pool_grid", "applies to bridge: mlp only") }
+    let config = ChatModelConfig(vision: visionConfig, bridge: bridge, qformer: q, mlp: MLPBridgeConfig(poolGrid: m.mlpPoolGrid),
+                                 decoder: decoderConfig, numQueryTokens: m.numQueryTokens,
+                                 imageSize: m.imageSize, featureLayer: m.featureLayer, imageTokenId: 0, chatTemplate: m.chatTemplate,
+                                 captionFormat: r.data.captionFormat)
+    do { try config.validateBridge(file: r.file) } catch let e as ModelLoadError { throw fail("model.mlp_pool_grid", e.reason) }
     let model = ChatModel(config, seed: r.seed, initializeVision: m.vision == nil, initializeLLM: m.llm == nil)
     if let v = m.vision {
       let tower = try loadVisionTower(folder: v, inputSize: m.imageSize)
@@ -82,9 +90,9 @@ public enum ModelBuilder {
       let llm = try DecoderLM.load(folder: l)
       try model.languageModel.load(Dictionary(uniqueKeysWithValues: llm.namedParameters()), source: l, zeroCopy: true)
     }
-    if let qd = m.qformer {
+    if let qd = m.qformer, let qformer = model.qformer {
       let raw = try ModelFolder.weights(qd)
-      try model.qformer.load(QFormer.sanitize(raw), source: qd, allowUnused: true, zeroCopy: true)
+      try qformer.load(QFormer.sanitize(raw), source: qd, allowUnused: true, zeroCopy: true)
     }
     return BuiltModel(model: model, base: try refs([m.vision, m.llm, m.qformer]), tokenizerFolder: m.llm)
   }

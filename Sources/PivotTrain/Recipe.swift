@@ -17,14 +17,18 @@ public struct RecipeError: Error, CustomStringConvertible {
 public enum Stage: String, Sendable, Codable, CaseIterable {
   case text, align, instruct
 
-  /// What trains by default (DESIGN.md); a recipe's `trainable` overrides it.
-  public var defaultTrainable: [String] {
+  /// What trains by default (DESIGN.md), given the bridge's parameter patterns; a recipe's
+  /// `trainable` overrides it.
+  public func defaultTrainable(bridge: [String]) -> [String] {
     switch self {
     case .text: ["*"]
-    case .align: ["query_tokens", "qformer.*", "language_projection.*"]
-    case .instruct: ["query_tokens", "qformer.*", "language_projection.*", "language_model.*"]
+    case .align: bridge
+    case .instruct: bridge + ["language_model.*"]
     }
   }
+
+  /// The Q-Former bridge's patterns (the default bridge).
+  public var defaultTrainable: [String] { defaultTrainable(bridge: ["query_tokens", "qformer.*", "language_projection.*"]) }
 }
 
 /// One run, as written in `Recipes/*.yaml`. Every key is documented in Recipes/README.md.
@@ -40,7 +44,13 @@ public struct Recipe: Sendable, Codable {
     public var llmConfig: String?
     public var qformerConfig: String?
     public var qformerLayers: Int?
+    /// A BERT-style encoder folder whose layers initialise the Q-Former (BLIP-2 starts from BERT-base).
+    public var qformerInit: String?
     public var numQueryTokens = 32
+    /// qformer (BLIP-2) or mlp (LLaVA-1.5's projector over patch tokens).
+    public var bridge = "qformer"
+    /// The MLP bridge's pooled patch grid side (nil: every patch is a soft token).
+    public var mlpPoolGrid: Int?
     public var imageSize: Int?
     public var featureLayer = -1
     public var tokenizer: String?
@@ -63,6 +73,9 @@ public struct Recipe: Sendable, Codable {
     public var shuffleBuffer = 256
     public var maxBadFraction = 0.01
     public var captionPrompt = "Describe the image."
+    /// chat (the chat template, caption_prompt as the user turn) or plain (LLaVA's stage-1
+    /// format: the image slot, the caption, an end token; no system prompt or instruction).
+    public var captionFormat = "chat"
     public var workers = 1
   }
   public struct Optimizer: Sendable, Codable {
@@ -104,6 +117,11 @@ public struct Recipe: Sendable, Codable {
   public var output = "Checkpoints/run"
 
   public var trainablePatterns: [String] { trainable ?? stage.defaultTrainable }
+
+  /// What trains for this model: the recipe's `trainable`, or the stage's default for its bridge.
+  public func trainablePatterns(bridge: [String]?) -> [String] {
+    trainable ?? (bridge.map { stage.defaultTrainable(bridge: $0) } ?? stage.defaultTrainable)
+  }
 
   public var parameterGroups: [ParameterGroup] {
     [ParameterGroup(name: "no_decay", patterns: optimizer.noDecay, weightDecay: 0),
@@ -172,6 +190,7 @@ public struct Recipe: Sendable, Codable {
       case "model":
         for (k, v) in try y.mapping(value, "model", allowed: [
           "pivot", "vision", "llm", "qformer", "vision_config", "llm_config", "qformer_config", "qformer_layers", "num_query_tokens",
+          "bridge", "mlp_pool_grid", "qformer_init",
           "image_size", "feature_layer", "tokenizer", "chat_template", "frozen_dtype",
           "recompute_layers", "matmul",
         ]) {
@@ -186,6 +205,11 @@ public struct Recipe: Sendable, Codable {
           case "qformer_config": r.model.qformerConfig = try y.string(v, p)
           case "qformer_layers": r.model.qformerLayers = try y.int(v, p, min: 1)
           case "num_query_tokens": r.model.numQueryTokens = try y.int(v, p, min: 1)
+          case "bridge":
+            r.model.bridge = try y.string(v, p)
+            guard ["qformer", "mlp"].contains(r.model.bridge) else { throw y.error(v, p, "must be qformer or mlp") }
+          case "mlp_pool_grid": r.model.mlpPoolGrid = try y.int(v, p, min: 1)
+          case "qformer_init": r.model.qformerInit = try y.string(v, p)
           case "image_size": r.model.imageSize = try y.int(v, p, min: 1)
           case "feature_layer": r.model.featureLayer = try y.int(v, p)
           case "tokenizer": r.model.tokenizer = try y.string(v, p)
@@ -203,7 +227,7 @@ public struct Recipe: Sendable, Codable {
         }
       case "data":
         for (k, v) in try y.mapping(value, "data", allowed: [
-          "sources", "eval_shards", "max_length", "shuffle_buffer", "max_bad_fraction", "caption_prompt", "workers",
+          "sources", "eval_shards", "max_length", "shuffle_buffer", "max_bad_fraction", "caption_prompt", "caption_format", "workers",
         ]) {
           let p = "data.\(k)"
           switch k {
@@ -224,6 +248,9 @@ public struct Recipe: Sendable, Codable {
           case "shuffle_buffer": r.data.shuffleBuffer = try y.int(v, p, min: 0)
           case "max_bad_fraction": r.data.maxBadFraction = try y.double(v, p, min: 0)
           case "caption_prompt": r.data.captionPrompt = try y.string(v, p)
+          case "caption_format":
+            r.data.captionFormat = try y.string(v, p)
+            guard ["chat", "plain"].contains(r.data.captionFormat) else { throw y.error(v, p, "must be chat or plain") }
           case "workers": r.data.workers = try y.int(v, p, min: 1)
           default: break
           }

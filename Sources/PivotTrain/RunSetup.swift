@@ -31,9 +31,11 @@ public struct RunSetup {
       throw RecipeError(file: path, line: nil, key: "model.tokenizer", message: "the tokenizer has no image placeholder token (<|image_pad|> or <image>)")
     }
     if let chat, let placeholder { chat.config.imageTokenId = placeholder }
+    // What the saved model was last trained on: captions (in the recipe's format) or conversations.
+    if let chat { chat.config.captionFormat = recipe.stage == .instruct ? "chat" : recipe.data.captionFormat }
     template = try ChatTemplate(tokenizer: tokenizer, named: recipe.model.chatTemplate == "auto" ? nil : recipe.model.chatTemplate, imagePlaceholderID: placeholder)
-    encoder = ChatSampleEncoder(template: template, imageTokenCount: chat?.numQueryTokens ?? 0, captionPrompt: recipe.data.captionPrompt,
-                                plainText: recipe.stage == .text)
+    encoder = ChatSampleEncoder(template: template, imageTokenCount: chat?.imageTokenCount ?? 0, captionPrompt: recipe.data.captionPrompt,
+                                plainText: recipe.stage == .text, plainCaptions: recipe.data.captionFormat == "plain")
     image = chat.map { RunSetup.preprocessing(for: $0, visionFolder: recipe.model.vision) } ?? .clip(size: 224)
   }
 

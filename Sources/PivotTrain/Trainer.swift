@@ -81,7 +81,7 @@ public final class Trainer {
     self.makeEvalSource = makeEvalSource
     self.base = base
     try model.freeze()
-    try model.unfreeze(recipe.trainablePatterns)
+    try model.unfreeze(recipe.trainablePatterns(bridge: (model as? ChatModel)?.bridgePatterns))
     if !recipe.frozen.isEmpty { try model.freeze(recipe.frozen) }
     if recipe.model.frozenDtype == "bf16" { model.storeFrozenWeightsInBF16() }
     model.recomputedLayers = recipe.model.recomputeLayers

@@ -79,12 +79,27 @@ extension Shards {
         if captions.hasSuffix(".jsonl") {
           for (number, line) in lines.enumerated() {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
-              let image = object["image"] as? String,
-              let caption = (object["caption"] as? String) ?? (object["text"] as? String)
+              let image = object["image"] as? String
             else {
               throw ValidationError("\(captions):\(number + 1): expected {\"image\": ..., \"caption\": ...}")
             }
-            entries.append(Entry(image: image, fields: [SampleField(name: "txt", data: Array(caption.utf8))]))
+            var fields: [SampleField] = []
+            if let caption = (object["caption"] as? String) ?? (object["text"] as? String) {
+              fields.append(SampleField(name: "txt", data: Array(caption.utf8)))
+            }
+            // Captions per language become `<lang>.txt` fields (what `pivot eval --rank` reads).
+            if let byLanguage = object["captions"] {
+              guard let byLanguage = byLanguage as? [String: String],
+                byLanguage.keys.allSatisfy({ !$0.isEmpty && !$0.contains(".") && !$0.contains("/") })
+              else {
+                throw ValidationError("\(captions):\(number + 1): 'captions' must map language codes to strings, e.g. {\"en\": ..., \"zh\": ...}")
+              }
+              for lang in byLanguage.keys.sorted() { fields.append(SampleField(name: "\(lang).txt", data: Array(byLanguage[lang]!.utf8))) }
+            }
+            guard !fields.isEmpty else {
+              throw ValidationError("\(captions):\(number + 1): expected a \"caption\" (or \"text\") or a \"captions\" object")
+            }
+            entries.append(Entry(image: image, fields: fields))
           }
         } else {
           for (number, line) in lines.enumerated() {
@@ -142,13 +157,14 @@ extension Shards {
             continue
           }
           let bytes = [UInt8](data)
-          if !noCheck {
+          let isPNG = bytes.starts(with: [0x89, 0x50, 0x4E, 0x47])
+          if !noCheck && !isPNG {
             do { _ = try JPEG.header(bytes, key: key) } catch {
               skipped.append("\(key) (\(image)): \(error)")
               continue
             }
           }
-          fields.append(SampleField(name: "jpg", data: bytes))
+          fields.append(SampleField(name: isPNG ? "png" : "jpg", data: bytes))
         }
         try writer.write(ShardSample(key: key, url: "", fields: fields + entry.fields))
         bar.update(index + 1, detail: "\(writer.writtenPaths.count) shards")

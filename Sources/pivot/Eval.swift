@@ -21,11 +21,27 @@ struct Eval: ParsableCommand {
   @Option(help: "Write every question with its expected and given answer to this JSON Lines file.") var answers: String?
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Products of more than one row: fp32, or bf16 (bfloat16 operands, float32 sums).") var matmul = "fp32"
+  @Flag(help: "Rank candidate captions for every image by their log-likelihood (top-1, top-5, mean rank per language, with chance).") var rank = false
+  @Option(help: "With --rank: the caption format, chat (the template and --prompt) or plain (the image slot alone); auto: the model's.") var format = "auto"
+  @Option(help: "With --rank: the instruction, as TEXT or LANG=TEXT (repeatable, e.g. 'zh=描述这张图片。').") var prompt: [String] = []
+  @Option(help: "With --rank: sum (log-likelihood) or mean (per token).") var score = "sum"
+  @Option(help: "With --rank: rank only the first N images.") var maxImages: Int?
+  @Option(help: "With --rank: candidates scored in one batch.") var rankBatch = 16
+  @Option(help: "With --rank: write each image's rank and top-5 candidates to this JSON Lines file.") var ranks: String?
+
+  func validate() throws {
+    guard ["auto", "chat", "plain"].contains(format) else { throw ValidationError("--format must be auto, chat or plain, not '\(format)'") }
+    guard CaptionRanking.Score(rawValue: score) != nil else { throw ValidationError("--score must be sum or mean, not '\(score)'") }
+    guard rankBatch >= 1 else { throw ValidationError("--rank-batch must be at least 1") }
+    if let maxImages, maxImages < 1 { throw ValidationError("--max-images must be at least 1") }
+    guard batchSize >= 1, maxLength >= 2 else { throw ValidationError("--batch-size must be ≥ 1 and --max-length ≥ 2") }
+  }
 
   func run() throws {
     Threads.set(threads)
     try setMatmulPrecision(matmul)
     let a = try Assistant(modelDir: model)
+    if rank { return try rankCaptions(a) }
     let paths = try ShardList.expand(shards)
     guard let first = paths.first else { throw ValidationError("no shards match \(shards)") }
     // Look at the first sample to choose what to measure.
@@ -40,9 +56,41 @@ struct Eval: ParsableCommand {
     }
   }
 
+  func rankCaptions(_ a: Assistant) throws {
+    guard case .chat(let m) = a.model, let image = a.image else { throw ValidationError("\(model) has no vision tower: --rank needs an image model") }
+    var settings = CaptionRankSettings()
+    settings.format = format == "auto" ? m.config.captionFormat : format
+    for p in prompt {
+      if let eq = p.firstIndex(of: "="), p[..<eq].allSatisfy({ $0.isLetter || $0 == "-" || $0 == "_" }), p.distance(from: p.startIndex, to: eq) <= 8 {
+        settings.prompts[String(p[..<eq])] = String(p[p.index(after: eq)...])
+      } else {
+        settings.prompts[""] = p
+      }
+    }
+    settings.score = CaptionRanking.Score(rawValue: score)!
+    settings.batch = rankBatch
+    settings.maxImages = maxImages
+    let bar = ProgressBar(label: "rank", total: nil, unit: "images")
+    let r = try noGrad {
+      try CaptionRankEvaluation.run(model: m, template: a.template, image: image, shards: shards, settings: settings) { done, total in
+        bar.update(done, detail: "of \(total)")
+      }
+    }
+    bar.finish()
+    print("caption ranking (\(settings.format) format, \(score) of log-probabilities)")
+    print(r.table)
+    if let ranks {
+      let lines = try r.records.map { String(decoding: try JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self) }
+      try (lines.joined(separator: "\n") + "\n").write(toFile: ranks, atomically: true, encoding: .utf8)
+    }
+    var record: [String: Any] = ["phase": "rank", "model": model, "shards": shards, "format": settings.format, "score": score]
+    for (k, v) in r.metrics { record[k] = v }
+    emitJSON(record)
+  }
+
   func loss(_ a: Assistant, kind: SampleKind, plain: Bool) throws {
     let q: Int
-    if case .chat(let m) = a.model { q = m.numQueryTokens } else { q = 0 }
+    if case .chat(let m) = a.model { q = m.imageTokenCount } else { q = 0 }
     let encoder = ChatSampleEncoder(template: a.template, imageTokenCount: q, captionPrompt: captionPrompt, plainText: plain)
     var config = DatasetConfig(sources: [DataSourceSpec(name: "eval", shards: try ShardList.expand(shards))], kind: kind, batchSize: batchSize, maxLength: maxLength)
     config.shuffle = false

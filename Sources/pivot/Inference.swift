@@ -72,13 +72,23 @@ final class Assistant {
     return t
   }
 
+  /// A caption in LLaVA's stage-1 `plain` format: the image slot alone, then whatever the
+  /// model writes up to its end token.
+  func plainCaption(pixels: Tensor, options: GenerationOptions) throws -> [Int32] {
+    guard case .chat(let m) = model else { throw ValidationError("plain captions need an image model") }
+    var options = options
+    options.stopTokenIds.formUnion(stopIds)
+    let ids = [Int32](repeating: m.config.imageTokenId, count: m.imageTokenCount)
+    return m.generate(ids: ids, pixels: pixels, imageStart: 0, options: options)
+  }
+
   /// Generates a reply to `messages`; `<image>` in a message marks where the picture goes.
   /// Streams text through `emit`; returns the new ids and the seconds to the first token.
   func reply(
     _ messages: [ChatMessage], pixels: Tensor?, options: GenerationOptions, stopStrings: [String] = [], emit: (String) -> Void
   ) throws -> (ids: [Int32], firstTokenSeconds: Double, seconds: Double) {
     let q: Int
-    if case .chat(let m) = model { q = pixels == nil ? 0 : m.numQueryTokens } else { q = 0 }
+    if case .chat(let m) = model { q = pixels == nil ? 0 : m.imageTokenCount } else { q = 0 }
     let rendered = try template.render(messages: messages, imageTokenCount: q, addGenerationPrompt: true)
     var options = options
     options.stopTokenIds.formUnion(stopIds)
@@ -211,6 +221,8 @@ struct Caption: ParsableCommand {
   @Option(help: "Shard pattern, e.g. data/pairs-{000000..000009}.tar.zst") var shards: String
   @Option(help: "Output JSONL.") var out: String
   @Option(help: "The instruction given with each image.") var prompt = "Describe the image."
+  @Option(help: "The sample field written as each record's reference (txt, en.txt, zh.txt, …).") var referenceField = "txt"
+  @Option(help: "chat (the chat template with --prompt), plain (the image alone, LLaVA's stage-1 format), or auto (what the model was last trained on).") var format = "auto"
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Weights: auto (the checkpoint's own precision), fp32, or bf16.") var dtype = "auto"
   @Option(help: "Products of more than one row (the prompt's prefill): fp32, or bf16 (bfloat16 operands, float32 sums; AMX where the CPU has it).") var matmul = "fp32"
@@ -220,7 +232,9 @@ struct Caption: ParsableCommand {
     Threads.set(threads)
     try setMatmulPrecision(matmul)
     let a = try Assistant(modelDir: model, dtype: dtype)
-    guard a.hasVision else { throw ValidationError("\(model) has no vision tower") }
+    guard a.hasVision, case .chat(let chatModel) = a.model else { throw ValidationError("\(model) has no vision tower") }
+    guard ["auto", "chat", "plain"].contains(format) else { throw ValidationError("--format must be auto, chat or plain") }
+    let plain = (format == "auto" ? chatModel.config.captionFormat : format) == "plain"
     guard FileManager.default.createFile(atPath: out, contents: nil), let handle = FileHandle(forWritingAtPath: out) else {
       throw ValidationError("cannot write \(out) (is its folder there and writable?)")
     }
@@ -229,13 +243,15 @@ struct Caption: ParsableCommand {
     let bar = ProgressBar(label: "caption", total: nil, unit: "images")
     var n = 0
     let counts = try forEachSample(shards) { s in
-      guard let jpeg = s.first(of: ["jpg", "jpeg"]), let image = a.image else { return }
+      guard let jpeg = s.first(of: ["jpg", "jpeg", "png"]), let image = a.image else { return }
       let t = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
       do { try image.process(jpeg: jpeg, key: s.key, into: t.ptr) } catch { eprint("\(s.url): \(s.key): \(error)"); return }
-      let r = try a.reply([ChatMessage(role: "user", content: "<image>\n\(prompt)")], pixels: t, options: sampling.generation, stopStrings: sampling.stop) { _ in }
-      let text = a.tokenizer.decode(r.ids, skipSpecialTokens: true).trimmingCharacters(in: .whitespacesAndNewlines)
+      let ids = plain
+        ? try a.plainCaption(pixels: t, options: sampling.generation)
+        : try a.reply([ChatMessage(role: "user", content: "<image>\n\(prompt)")], pixels: t, options: sampling.generation, stopStrings: sampling.stop) { _ in }.ids
+      let text = a.tokenizer.decode(ids, skipSpecialTokens: true).trimmingCharacters(in: .whitespacesAndNewlines)
       var record: [String: Any] = ["key": s.key, "caption": text]
-      if let ref = s.first(of: ["txt"]) { record["reference"] = String(decoding: ref, as: UTF8.self) }
+      if let ref = s.first(of: [referenceField]) { record["reference"] = String(decoding: ref, as: UTF8.self) }
       handle.write(try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys, .withoutEscapingSlashes]))
       handle.write("\n".data(using: .utf8)!)
       n += 1

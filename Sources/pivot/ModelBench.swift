@@ -85,8 +85,8 @@ struct ModelBench {
       "scale": scale, "threads": threads, "blas_core": Threads.blasCore, "dtype": dtype, "impl": "pivot", "llm_weights": llmWeights ?? "random",
       "recompute_layers": recomputeLayers, "matmul": MatmulPrecision.current.rawValue, "amx": AMX.inUse,
       "params_vision": s.model.visionTower.parameters().reduce(0) { $0 + $1.count },
-      "params_qformer": s.model.qformer.parameters().reduce(0) { $0 + $1.count } + s.model.queryTokens.count,
-      "params_proj": s.model.languageProjection.parameters().reduce(0) { $0 + $1.count },
+      "params_qformer": (s.model.qformer?.parameters().reduce(0) { $0 + $1.count } ?? 0) + (s.model.queryTokens?.count ?? 0),
+      "params_proj": s.model.languageProjection?.parameters().reduce(0) { $0 + $1.count } ?? 0,
       "params_llm": s.model.languageModel.parameters().reduce(0) { $0 + $1.count },
     ]
   }

@@ -55,7 +55,7 @@ struct ComposedParityTests {
     m.languageModel.recomputedLayers = recompute
     try m.freeze()
     try m.unfreeze(trainable)
-    let (ids, labels, b, t) = try Self.batch(fx, q: m.numQueryTokens)
+    let (ids, labels, b, t) = try Self.batch(fx, q: m.imageTokenCount)
     let pixels = try fx.tensor("pixels")
     let frozenBefore = m.namedParameters().filter { !$0.1.requiresGrad }.map { ($0.0, $0.1.scalars) }
     let (loss, _) = m.loss(ids: ids, labels: labels, batch: b, length: t, pixels: pixels, imageStarts: [0, 0])
@@ -102,7 +102,7 @@ struct ComposedParityTests {
   @Test func greedyGenerationWithAnImage() throws {
     let fx = try Fixture("composed_tiny")
     let m = try Self.model(fx)
-    let q = m.numQueryTokens
+    let q = m.imageTokenCount
     let prompt = (fx.meta["image_prompt"] as! [Int]).map { Int32($0) }
     let pixels = slice(try fx.tensor("pixels"), axis: 0, 0..<1)
     var options = GenerationOptions()

@@ -30,12 +30,20 @@ struct ExportTests {
     let ref = try SafeTensorsFile(url: fixtureURL("export_tiny_reference.safetensors"))
     let pixels = try ref.tensor("pixels").clone()
     let ids = try ref.int64s("input_ids").map { Int32($0) }
-    let q = m.numQueryTokens, t = ids.count
+    let q = m.imageTokenCount, t = ids.count
     let all = [Int32](repeating: ComposedParityTests.imageToken, count: q) + ids
     let logits = noGrad {
       let x = m.inputEmbeddings(ids: all, batch: 1, length: q + t, pixels: pixels, imageStarts: [0])
       return m.languageModel.logits(reshape(m.languageModel.hiddenStates(x), [q + t, m.config.decoder.hiddenSize]))
     }
     #expect(maxDiff(logits, try ref.tensor("logits")) < 1e-5)
+    // Pivot loads its own export back (the HF-layout folders), to the same logits.
+    let back = try ChatModel.load(folder: dir)
+    #expect(back.config.bridge == .qformer && back.qformer != nil)
+    let again = noGrad {
+      let x = back.inputEmbeddings(ids: all, batch: 1, length: q + t, pixels: pixels, imageStarts: [0])
+      return back.languageModel.logits(reshape(back.languageModel.hiddenStates(x), [q + t, back.config.decoder.hiddenSize]))
+    }
+    #expect(maxDiff(again, logits) < 1e-6)
   }
 }
