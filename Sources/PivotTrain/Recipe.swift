@@ -77,6 +77,22 @@ public struct Recipe: Sendable, Codable {
     /// format: the image slot, the caption, an end token; no system prompt or instruction).
     public var captionFormat = "chat"
     public var workers = 1
+    /// Caption ranking at every evaluation: shards with `<lang>.txt` captions, the first
+    /// `rankImages` images, the instruction per language ("" for every language).
+    public var rankShards: String?
+    public var rankImages: Int?
+    public var rankPrompts: [String: String] = [:]
+    public var augment: Augment?
+  }
+  /// Training-time image augmentation (`data.augment`), seeded from the data cursor.
+  public struct Augment: Sendable, Codable, Equatable {
+    /// Random resized crop: the area fraction and aspect-ratio ranges (torchvision's).
+    public var cropScale: [Double] = [1, 1]
+    public var cropRatio: [Double] = [3.0 / 4.0, 4.0 / 3.0]
+    /// Probability of a horizontal flip.
+    public var flip = 0.0
+    /// Backgrounds drawn behind transparent images: plain, gradient, noise (empty: white).
+    public var backgrounds: [String] = []
   }
   public struct Optimizer: Sendable, Codable {
     public var lr = 1e-4
@@ -228,6 +244,7 @@ public struct Recipe: Sendable, Codable {
       case "data":
         for (k, v) in try y.mapping(value, "data", allowed: [
           "sources", "eval_shards", "max_length", "shuffle_buffer", "max_bad_fraction", "caption_prompt", "caption_format", "workers",
+          "rank_shards", "rank_images", "rank_prompts", "augment",
         ]) {
           let p = "data.\(k)"
           switch k {
@@ -252,6 +269,15 @@ public struct Recipe: Sendable, Codable {
             r.data.captionFormat = try y.string(v, p)
             guard ["chat", "plain"].contains(r.data.captionFormat) else { throw y.error(v, p, "must be chat or plain") }
           case "workers": r.data.workers = try y.int(v, p, min: 1)
+          case "rank_shards": r.data.rankShards = try y.string(v, p)
+          case "rank_images": r.data.rankImages = try y.int(v, p, min: 1)
+          case "rank_prompts":
+            guard case .mapping(let m) = v else { throw y.error(v, p, "must map languages to prompts, e.g. {en: Describe the image., zh: 描述这张图片。}") }
+            for (lk, lv) in m {
+              guard case .scalar(let lang) = lk else { throw y.error(lk, p, "language keys must be plain names") }
+              r.data.rankPrompts[lang.string == "default" ? "" : lang.string] = try y.string(lv, "\(p).\(lang.string)")
+            }
+          case "augment": r.data.augment = try y.augmentation(v, p)
           default: break
           }
         }
@@ -344,6 +370,38 @@ struct YAMLReader {
     guard let v = Double(s) else { throw error(node, key, "must be a number, got '\(s)'") }
     if let min, v < min { throw error(node, key, "must be at least \(min), got \(v)") }
     return v
+  }
+
+  func doubles(_ node: Node, _ key: String, count: Int, min: Double) throws -> [Double] {
+    guard case .sequence(let seq) = node, seq.count == count else { throw error(node, key, "must be a list of \(count) numbers") }
+    return try seq.map { try double($0, key, min: min) }
+  }
+
+  func augmentation(_ node: Node, _ path: String) throws -> Recipe.Augment {
+    var a = Recipe.Augment()
+    for (k, v) in try mapping(node, path, allowed: ["crop_scale", "crop_ratio", "flip", "backgrounds"]) {
+      let p = "\(path).\(k)"
+      switch k {
+      case "crop_scale":
+        a.cropScale = try doubles(v, p, count: 2, min: 0)
+        guard a.cropScale[0] > 0, a.cropScale[0] <= a.cropScale[1], a.cropScale[1] <= 1 else {
+          throw error(v, p, "must be [min, max] with 0 < min ≤ max ≤ 1 (fractions of the image area)")
+        }
+      case "crop_ratio":
+        a.cropRatio = try doubles(v, p, count: 2, min: 0)
+        guard a.cropRatio[0] > 0, a.cropRatio[0] <= a.cropRatio[1] else { throw error(v, p, "must be [min, max] with 0 < min ≤ max") }
+      case "flip":
+        a.flip = try double(v, p, min: 0)
+        guard a.flip <= 1 else { throw error(v, p, "is a probability: between 0 and 1") }
+      case "backgrounds":
+        a.backgrounds = try strings(v, p)
+        for b in a.backgrounds where !["plain", "gradient", "noise"].contains(b) {
+          throw error(v, p, "unknown background '\(b)' (plain, gradient or noise)")
+        }
+      default: break
+      }
+    }
+    return a
   }
 
   func strings(_ node: Node, _ key: String) throws -> [String] {

@@ -103,6 +103,18 @@ public struct RunSetup {
     return samples
   }
 
+  /// Caption ranking over `data.rank_shards` (nil when the recipe names none).
+  public func rankEvaluation() -> (() throws -> [String: Double])? {
+    guard let shards = recipe.data.rankShards, let chat = model as? ChatModel else { return nil }
+    var settings = CaptionRankSettings()
+    settings.format = recipe.stage == .instruct ? "chat" : recipe.data.captionFormat
+    if !recipe.data.rankPrompts.isEmpty { settings.prompts = recipe.data.rankPrompts } else { settings.prompts = ["": recipe.data.captionPrompt] }
+    settings.maxImages = recipe.data.rankImages
+    return { [template, image] in
+      try CaptionRankEvaluation.run(model: chat, template: template, image: image, shards: shards, settings: settings).metrics
+    }
+  }
+
   public func evalSourceFactory() -> (() throws -> BatchSource)? {
     guard let shards = recipe.data.evalShards else { return nil }
     return {

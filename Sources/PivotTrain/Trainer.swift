@@ -9,6 +9,8 @@ public enum TrainEvent {
   case resumed(step: Int, from: String)
   case step(StepMetrics)
   case evaluated(step: Int, loss: Double)
+  /// Caption ranking at an evaluation (`data.rank_shards`): rank_top1_en, rank_top5_zh, ….
+  case ranked(step: Int, metrics: [String: Double])
   case checkpoint(step: Int, path: String)
   case interrupted(step: Int)
 }
@@ -71,6 +73,8 @@ public final class Trainer {
   public private(set) var step = 0
   public var rng: PivotRNG
   public var lastCheckpoint: String?
+  /// Caption ranking run at each evaluation, when the recipe names `data.rank_shards`.
+  public var rankEvaluation: (() throws -> [String: Double])?
   /// Called when the run ends normally, to write the complete model (e.g. `final/`).
   public var onFinish: ((String) throws -> Void)?
 
@@ -181,6 +185,13 @@ public final class Trainer {
           metrics.write(["step": step, "eval_loss": e, "eval_ppl": Foundation.exp(e)])
           metrics.drawPlot(title: title)
           onEvent(.evaluated(step: step, loss: e))
+        }
+        if let rankEvaluation {
+          let ranked = try MatmulPrecision.with(recipe.model.matmul) { try noGrad { try rankEvaluation() } }
+          var record: [String: Any] = ["step": step]
+          for (k, v) in ranked { record[k] = v }
+          metrics.write(record)
+          onEvent(.ranked(step: step, metrics: ranked))
         }
       }
       if ((recipe.saveEvery > 0 && step % recipe.saveEvery == 0) || last) && saved != step {

@@ -36,6 +36,7 @@ struct Train: ParsableCommand {
     let trainer = try Trainer(recipe: r, model: setup.model, source: try setup.trainingSource(),
                               makeEvalSource: setup.evalSourceFactory(), base: setup.built.base)
     trainer.onFinish = { try setup.saveFinal(into: $0) }
+    trainer.rankEvaluation = setup.rankEvaluation()
     if let resume { try trainer.resume(from: resume) }
     Interrupt.install()
     let bar = ProgressBar(label: "\(r.name) [\(r.stage.rawValue)]", total: r.maxSteps, unit: "steps")
@@ -52,6 +53,10 @@ struct Train: ParsableCommand {
         bar.update(m.step, detail: String(format: "loss %.4f  lr %.2e  %.0f tok/s  ETA %@", m.loss, m.lr, m.tokensPerSecond, formatDuration(eta))
           + (m.badSamples > 0 ? "  bad \(m.badSamples)" : ""))
       case .evaluated(let step, let loss): eprint(String(format: "\nstep %d: eval loss %.4f  perplexity %.2f", step, loss, Foundation.exp(loss)))
+      case .ranked(let step, let m):
+        let langs = Set(m.keys.compactMap { $0.hasPrefix("rank_top1_") ? String($0.dropFirst(10)) : nil }).sorted()
+        eprint("\nstep \(step): caption ranking " + langs.map { String(format: "%@ top-1 %.1f%% top-5 %.1f%% (chance %.1f%%)", $0,
+          100 * m["rank_top1_\($0)"]!, 100 * m["rank_top5_\($0)"]!, 100 * m["rank_chance_top1_\($0)"]!) }.joined(separator: ", "))
       case .checkpoint(let step, let path): eprint("\nstep \(step): checkpoint \(path)")
       case .interrupted(let step): eprint("\ninterrupted at step \(step); resume with --resume \(trainer.lastCheckpoint ?? "")")
       }

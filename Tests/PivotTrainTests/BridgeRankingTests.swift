@@ -43,7 +43,7 @@ enum TinyImageWorld {
       """.write(toFile: dir + "/llm.json", atomically: true, encoding: .utf8)
   }
 
-  static func recipe(_ dir: String, bridge: String, steps: Int = 3, format: String = "plain") -> String {
+  static func recipe(_ dir: String, bridge: String, steps: Int = 3, format: String = "plain", data extra: String = "") -> String {
     """
     stage: align
     seed: 2
@@ -58,7 +58,7 @@ enum TinyImageWorld {
       sources:
         - shards: \(dir)/pairs.tar.zst
       caption_format: \(format)
-      max_length: 32
+      max_length: 32\(extra)
     optimizer:
       lr: 1e-2
     batch_size: 2
@@ -195,6 +195,26 @@ struct BridgeRankingTests {
       let d = zip(UnsafeBufferPointer(start: reference.ptr, count: reference.count), UnsafeBufferPointer(start: logits(m).ptr, count: reference.count)).map { abs($0 - $1) }.max()!
       #expect(d < 1e-6, "\(name): logits differ by \(d)")
     }
+  }
+
+  /// `data.rank_shards`: every evaluation also ranks, and metrics.jsonl holds the figures.
+  @Test func recipeEvaluationRanks() throws {
+    let dir = tempDir("rank-recipe")
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    try TinyImageWorld.write(dir)
+    let text = TinyImageWorld.recipe(dir, bridge: "qformer", data: "\n  rank_shards: \(dir)/pairs.tar.zst\n  rank_images: 3\n  rank_prompts: {default: describe the image, zh: 描述这张图片}")
+      + "\neval_every: 3\n"
+    let r = try Recipe.parse(text, file: "rank.yaml")
+    #expect(r.data.rankPrompts == ["": "describe the image", "zh": "描述这张图片"])
+    let setup = try RunSetup(recipe: r)
+    let trainer = try Trainer(recipe: r, model: setup.model, source: try setup.trainingSource())
+    trainer.rankEvaluation = setup.rankEvaluation()
+    var ranked: [String: Double] = [:]
+    try trainer.run { if case .ranked(_, let m) = $0 { ranked = m } }
+    #expect(ranked["rank_candidates_en"] == 3 && ranked["rank_chance_top1_zh"] == 1.0 / 3)
+    #expect(ranked["rank_top5_en"] == 1, "five candidates of three always include the right one")
+    let records = MetricsLog.read(r.output + "/metrics.jsonl").filter { $0["rank_top1_en"] != nil }
+    #expect(records.count == 1 && records[0]["step"] as? Int == 3)
   }
 
   @Test func bridgeSettingsAreChecked() throws {

@@ -8,6 +8,8 @@ line and a `zh_CN.utf8=` line.
 Output (under OUT_DIR, default Assets/tuxpaint):
   images/<id>.jpg          the RGBA stamp composited onto white or a light colour chosen from
                            the id's hash, short side resized to 256, JPEG quality 90
+  png/<id>.png             the stamp itself with its transparency (RGBA), short side 256: what
+                           augmentation composites onto random backgrounds
   captions.jsonl           one record per stamp: id, image (relative to OUT_DIR), en, zh,
                            category, source
   captions-train.jsonl     the ~90% whose id hashes to a non-zero value mod 10
@@ -57,8 +59,11 @@ def read_description(txt_path):
     return english, chinese
 
 
-def render(png_path, stamp_id, jpeg_path):
+def render(png_path, stamp_id, jpeg_path, rgba_path):
     stamp = Image.open(png_path).convert("RGBA")
+    scale = SHORT_SIDE / min(stamp.size)
+    stamp_size = (max(1, round(stamp.size[0] * scale)), max(1, round(stamp.size[1] * scale)))
+    stamp.resize(stamp_size, Image.LANCZOS).save(rgba_path, optimize=True)
     canvas = Image.new("RGBA", stamp.size, background_for(stamp_id) + (255,))
     image = Image.alpha_composite(canvas, stamp).convert("RGB")
     width, height = image.size
@@ -77,6 +82,7 @@ def main():
     start = time.time()
     images_dir = os.path.join(args.out_dir, "images")
     os.makedirs(images_dir, exist_ok=True)
+    os.makedirs(os.path.join(args.out_dir, "png"), exist_ok=True)
 
     records = []
     skipped = {"no_png": 0, "no_english": 0, "no_zh_CN": 0}
@@ -101,8 +107,8 @@ def main():
             relative = os.path.relpath(png_path, args.stamps_dir)
             stamp_id = os.path.splitext(relative)[0].replace(os.sep, "-").replace(" ", "_")
             image_rel = f"images/{stamp_id}.jpg"
-            render(png_path, stamp_id, os.path.join(args.out_dir, image_rel))
-            records.append({"id": stamp_id, "image": image_rel, "en": english, "zh": chinese,
+            render(png_path, stamp_id, os.path.join(args.out_dir, image_rel), os.path.join(args.out_dir, f"png/{stamp_id}.png"))
+            records.append({"id": stamp_id, "image": image_rel, "png": f"png/{stamp_id}.png", "en": english, "zh": chinese,
                             "category": relative.split(os.sep)[0],
                             "source": f"tuxpaint-stamps-default/stamps/{relative}"})
 
