@@ -343,7 +343,7 @@ public func cachedAttention(_ q: Tensor, keys: Tensor, values: Tensor, length: I
 /// The input cells (start, end) that output cell `i` of `outSize` averages over an axis of
 /// `inSize`, as PyTorch's adaptive_avg_pool2d picks them (equal to avg_pool2d with
 /// kernel = stride = in/out when that divides).
-@inline(__always) func adaptivePoolWindow(_ i: Int, inSize: Int, outSize: Int) -> (Int, Int) {
+@inline(__always) public func adaptivePoolWindow(_ i: Int, inSize: Int, outSize: Int) -> (Int, Int) {
   (i * inSize / outSize, ((i + 1) * inSize + outSize - 1) / outSize)
 }
 
