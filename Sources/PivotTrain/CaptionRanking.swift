@@ -142,8 +142,9 @@ public enum CaptionRankEvaluation {
           let ids: [Int32]
           let start: Int
           if plain {
-            ids = [Int32](repeating: model.config.imageTokenId, count: n)
-            start = 0
+            let p = ChatSampleEncoder.plainPrefix(template.tokenizer, placeholder: template.imagePlaceholderID ?? model.config.imageTokenId, imageTokens: n)
+            ids = p.ids
+            start = p.slot.lowerBound
           } else {
             let r = try template.render(messages: [ChatMessage(role: "user", content: "\(template.imageMarker)\n\(settings.prompt(lang))")],
                                         imageTokenCount: n, addGenerationPrompt: true)

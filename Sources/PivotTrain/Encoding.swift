@@ -42,13 +42,23 @@ public struct ChatSampleEncoder: SampleEncoder {
     tokenizer.id(forToken: "<|endoftext|>") ?? tokenizer.eosTokenID
   }
 
-  /// [image slot] caption <end>: ids and labels (the caption and end token carry loss).
+  /// What a plain caption starts with: a document-start token, then the image slot. The first
+  /// position of a causal LLM is where attention sinks form (LLaVA's plain format starts with
+  /// LLaMA's <s>); a soft token there left stage 1 on real weights learning nothing image-specific.
+  /// The tokenizer's bos, else its end of text (how Qwen separates its pretraining documents).
+  public static func plainPrefix(_ tokenizer: Tokenizer, placeholder: Int32, imageTokens n: Int) -> (ids: [Int32], slot: Range<Int>) {
+    let start = (tokenizer.config?.bosToken).flatMap { tokenizer.id(forToken: $0) } ?? plainCaptionEnd(tokenizer)
+    let head = start.map { [$0] } ?? []
+    return (head + [Int32](repeating: placeholder, count: n), head.count..<(head.count + n))
+  }
+
+  /// <start> [image slot] caption <end>: ids and labels (the caption and end token carry loss).
   func plainCaption(_ caption: String) throws -> EncodedSample {
     guard let placeholder = template.imagePlaceholderID else { throw ChatTemplateError.imageWithoutPlaceholder }
     guard let end = Self.plainCaptionEnd(template.tokenizer) else { throw ChatTemplateError.missingToken("<|endoftext|> or an eos token") }
     let text = template.tokenizer.encode(caption, addSpecialTokens: false) + [end]
-    let slot = [Int32](repeating: placeholder, count: imageTokenCount)
-    return EncodedSample(ids: slot + text, labels: [Int32](repeating: ignoreLabel, count: imageTokenCount) + text, imageSlot: 0..<imageTokenCount)
+    let prefix = Self.plainPrefix(template.tokenizer, placeholder: placeholder, imageTokens: imageTokenCount)
+    return EncodedSample(ids: prefix.ids + text, labels: [Int32](repeating: ignoreLabel, count: prefix.ids.count) + text, imageSlot: prefix.slot)
   }
 
   public func encodeConversation(_ turns: [ConversationTurn]) throws -> EncodedSample {

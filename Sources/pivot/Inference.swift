@@ -78,8 +78,8 @@ final class Assistant {
     guard case .chat(let m) = model else { throw ValidationError("plain captions need an image model") }
     var options = options
     options.stopTokenIds.formUnion(stopIds)
-    let ids = [Int32](repeating: m.config.imageTokenId, count: m.imageTokenCount)
-    return m.generate(ids: ids, pixels: pixels, imageStart: 0, options: options)
+    let prefix = ChatSampleEncoder.plainPrefix(tokenizer, placeholder: template.imagePlaceholderID ?? m.config.imageTokenId, imageTokens: m.imageTokenCount)
+    return m.generate(ids: prefix.ids, pixels: pixels, imageStart: prefix.slot.lowerBound, options: options)
   }
 
   /// Generates a reply to `messages`; `<image>` in a message marks where the picture goes.
