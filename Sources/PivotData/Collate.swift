@@ -40,9 +40,9 @@ public enum SampleKind: String, Codable, Sendable {
   case conversation
 }
 
-/// Which fields to read.
+/// Which fields to read. The image field's format is told by its bytes, not by its name.
 public struct SampleFields: Codable, Sendable, Equatable {
-  public var image: [String] = ["jpg", "jpeg"]
+  public var image: [String] = ["jpg", "jpeg", "png"]
   public var caption: [String] = ["txt", "caption"]
   public var conversation: [String] = ["json"]
   public init() {}
@@ -88,10 +88,12 @@ public struct SampleDecoder: Sendable {
   public var encoder: any SampleEncoder
   public var maxLength: Int
   public var requireImage: Bool
+  /// nil: the plain resize + centre crop.
+  public var augmentation: Augmentation?
 
   public init(
     kind: SampleKind, encoder: any SampleEncoder, image: ImagePreprocessing = .clip(), maxLength: Int = 512,
-    fields: SampleFields = SampleFields(), requireImage: Bool = true
+    fields: SampleFields = SampleFields(), requireImage: Bool = true, augmentation: Augmentation? = nil
   ) {
     self.kind = kind
     self.encoder = encoder
@@ -99,11 +101,14 @@ public struct SampleDecoder: Sendable {
     self.maxLength = maxLength
     self.fields = fields
     self.requireImage = requireImage
+    self.augmentation = augmentation
   }
 
   struct Problem: Error { var message: String }
 
-  public func prepare(_ sample: ShardSample) throws -> PreparedSample {
+  /// `seed` drives the augmentation (the loader derives it from the data cursor); without
+  /// augmentation it is unused.
+  public func prepare(_ sample: ShardSample, seed: UInt64 = 0) throws -> PreparedSample {
     var encoded: EncodedSample
     switch kind {
     case .caption:
@@ -133,8 +138,8 @@ public struct SampleDecoder: Sendable {
       truncated = true
     }
     var pixels: [Float]? = nil
-    if let jpeg = sample.first(of: fields.image) {
-      pixels = try image.process(jpeg: jpeg, key: sample.key)
+    if let encodedImage = sample.first(of: fields.image) {
+      pixels = try image.process(encoded: encodedImage, key: sample.key, augmentation: augmentation, seed: seed)
     } else if requireImage {
       throw Problem(message: "missing image (no \(fields.image.joined(separator: "/")) field)")
     }

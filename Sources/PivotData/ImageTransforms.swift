@@ -3,6 +3,9 @@ import Foundation
 /// How images become model input: the shortest side resized to `shortestSide` (bicubic, as
 /// Pillow does it), a centre crop of `cropHeight` × `cropWidth`, then
 /// `(pixel / 255 - mean) / std` per channel. Defaults are CLIP's `preprocessor_config.json`.
+/// JPEG and PNG are read (told apart by their magic number); transparent pixels are composited
+/// onto `background` first. With an `Augmentation` the crop, flip and background are random,
+/// drawn from the sample's seed.
 public struct ImagePreprocessing: Codable, Sendable, Equatable {
   public var shortestSide: Int
   public var cropHeight: Int
@@ -17,16 +20,24 @@ public struct ImagePreprocessing: Codable, Sendable, Equatable {
   /// the margin, for exact parity.
   public var useDCTScaling: Bool
   public var dctScalingMargin: Double
+  /// Images whose header claims more pixels than this are refused before anything is
+  /// allocated (a decompression bomb is a few hundred bytes claiming 100000 × 100000).
+  public var maxPixels: Int
+  /// What transparent pixels are composited onto when no random background is drawn.
+  public var background: Colour
 
   public static let clipMean: [Float] = [0.48145466, 0.4578275, 0.40821073]
   public static let clipStd: [Float] = [0.26862954, 0.26130258, 0.27577711]
   public static let imagenetMean: [Float] = [0.485, 0.456, 0.406]
   public static let imagenetStd: [Float] = [0.229, 0.224, 0.225]
+  /// 50 megapixels: above any photo a caption dataset holds, far below a bomb.
+  public static let defaultMaxPixels = 50_000_000
 
   public init(
     shortestSide: Int = 224, cropHeight: Int? = nil, cropWidth: Int? = nil,
     mean: [Float] = ImagePreprocessing.clipMean, std: [Float] = ImagePreprocessing.clipStd,
-    useDCTScaling: Bool = true, dctScalingMargin: Double = 1
+    useDCTScaling: Bool = true, dctScalingMargin: Double = 1,
+    maxPixels: Int = ImagePreprocessing.defaultMaxPixels, background: Colour = .white
   ) {
     self.shortestSide = shortestSide
     self.cropHeight = cropHeight ?? shortestSide
@@ -35,6 +46,22 @@ public struct ImagePreprocessing: Codable, Sendable, Equatable {
     self.std = std
     self.useDCTScaling = useDCTScaling
     self.dctScalingMargin = dctScalingMargin
+    self.maxPixels = maxPixels
+    self.background = background
+  }
+
+  /// `maxPixels` and `background` may be missing (older configurations) and take their defaults.
+  public init(from decoder: any Decoder) throws {
+    let container = try decoder.container(keyedBy: CodingKeys.self)
+    shortestSide = try container.decode(Int.self, forKey: .shortestSide)
+    cropHeight = try container.decode(Int.self, forKey: .cropHeight)
+    cropWidth = try container.decode(Int.self, forKey: .cropWidth)
+    mean = try container.decode([Float].self, forKey: .mean)
+    std = try container.decode([Float].self, forKey: .std)
+    useDCTScaling = try container.decode(Bool.self, forKey: .useDCTScaling)
+    dctScalingMargin = try container.decode(Double.self, forKey: .dctScalingMargin)
+    maxPixels = try container.decodeIfPresent(Int.self, forKey: .maxPixels) ?? ImagePreprocessing.defaultMaxPixels
+    background = try container.decodeIfPresent(Colour.self, forKey: .background) ?? .white
   }
 
   public static func clip(size: Int = 224) -> ImagePreprocessing { ImagePreprocessing(shortestSide: size) }
@@ -44,27 +71,150 @@ public struct ImagePreprocessing: Codable, Sendable, Equatable {
 
   /// The DCT scale denominator used for an image of this size.
   public func scaleDenominator(width: Int, height: Int) -> Int {
-    guard useDCTScaling else { return 1 }
     let shortest = min(width, height)
-    for denominator in [8, 4, 2] {
-      let scaled = (shortest + denominator - 1) / denominator
-      if Double(scaled) >= dctScalingMargin * Double(shortestSide) { return denominator }
+    return largestScaleDenominator { denominator in
+      Double((shortest + denominator - 1) / denominator) >= dctScalingMargin * Double(shortestSide)
     }
+  }
+
+  /// The DCT scale denominator for a random crop: the box, decoded smaller, must still cover
+  /// the crop size (times the margin) in both directions, since it is resized to exactly that.
+  func scaleDenominator(cropBox box: CropBox) -> Int {
+    largestScaleDenominator { denominator in
+      Double((box.width + denominator - 1) / denominator) >= dctScalingMargin * Double(cropWidth)
+        && Double((box.height + denominator - 1) / denominator) >= dctScalingMargin * Double(cropHeight)
+    }
+  }
+
+  private func largestScaleDenominator(_ keepsEnough: (Int) -> Bool) -> Int {
+    guard useDCTScaling else { return 1 }
+    for denominator in [8, 4, 2] where keepsEnough(denominator) { return denominator }
     return 1
   }
 
-  /// JPEG bytes → normalised pixels written at `output`. // (3, cropHeight, cropWidth)
-  public func process(jpeg data: [UInt8], key: String = "?", into output: UnsafeMutablePointer<Float>) throws {
-    let header = try JPEG.header(data, key: key)
-    let image = try JPEG.decode(
-      data, header: header, scaleDenominator: scaleDenominator(width: header.width, height: header.height), key: key)
+  /// Encoded image (JPEG or PNG, by magic number) → normalised pixels at `output`.
+  /// // (3, cropHeight, cropWidth)
+  /// Without `augmentation`: resize + centre crop, transparency over `background`. With it, every
+  /// random choice comes from `seed`, so the same seed gives the same floats bit for bit.
+  public func process(
+    encoded data: [UInt8], key: String = "?", augmentation: Augmentation? = nil, seed: UInt64 = 0,
+    into output: UnsafeMutablePointer<Float>
+  ) throws {
+    let format = try ImageFormat.require(data, key: key)
+    if let augmentation {
+      try processAugmented(data, format: format, key: key, augmentation: augmentation, seed: seed, into: output)
+      return
+    }
+    let image: RGBImage
+    switch format {
+    case .jpeg:
+      let header = try JPEG.header(data, key: key)
+      image = try JPEG.decode(
+        data, header: header, scaleDenominator: scaleDenominator(width: header.width, height: header.height),
+        key: key, maxPixels: maxPixels)
+    case .png:
+      switch try PNG.decode(data, key: key, maxPixels: maxPixels) {
+      case .rgb(let opaque): image = opaque
+      case .rgba(let transparent): image = composite(transparent, over: background)
+      }
+    }
     process(image: image, into: output)
   }
 
-  public func process(jpeg data: [UInt8], key: String = "?") throws -> [Float] {
+  public func process(
+    encoded data: [UInt8], key: String = "?", augmentation: Augmentation? = nil, seed: UInt64 = 0
+  ) throws -> [Float] {
     var result = [Float](repeating: 0, count: pixelCount)
-    try result.withUnsafeMutableBufferPointer { try process(jpeg: data, key: key, into: $0.baseAddress!) }
+    try result.withUnsafeMutableBufferPointer {
+      try process(encoded: data, key: key, augmentation: augmentation, seed: seed, into: $0.baseAddress!)
+    }
     return result
+  }
+
+  /// The same as `process(encoded:)` without augmentation (PNG is read too, despite the name).
+  public func process(jpeg data: [UInt8], key: String = "?", into output: UnsafeMutablePointer<Float>) throws {
+    try process(encoded: data, key: key, into: output)
+  }
+
+  public func process(jpeg data: [UInt8], key: String = "?") throws -> [Float] {
+    try process(encoded: data, key: key)
+  }
+
+  /// Decode (the crop box drawn on the header's full size first, so the DCT scale can follow
+  /// the box) → composite over a random or fixed background → random resized crop, or resize +
+  /// centre crop → normalise → maybe mirror. // (3, cropHeight, cropWidth)
+  func processAugmented(
+    _ data: [UInt8], format: ImageFormat, key: String, augmentation: Augmentation, seed: UInt64,
+    into output: UnsafeMutablePointer<Float>
+  ) throws {
+    let jpegHeader = format == .jpeg ? try JPEG.header(data, key: key) : nil
+    let pngHeader = format == .png ? try PNG.header(data, key: key) : nil
+    let fullWidth = jpegHeader?.width ?? pngHeader!.width
+    let fullHeight = jpegHeader?.height ?? pngHeader!.height
+    try checkPixelLimit(width: fullWidth, height: fullHeight, maxPixels: maxPixels, key: key)
+    let box =
+      augmentation.randomResizedCrop ? augmentation.cropBox(width: fullWidth, height: fullHeight, seed: seed) : nil
+    var denominator = 1
+    let image: RGBImage
+    if let jpegHeader {
+      denominator =
+        box.map { scaleDenominator(cropBox: $0) } ?? scaleDenominator(width: fullWidth, height: fullHeight)
+      image = try JPEG.decode(data, header: jpegHeader, scaleDenominator: denominator, key: key, maxPixels: maxPixels)
+    } else {
+      switch try PNG.decode(data, header: pngHeader!, key: key, maxPixels: maxPixels) {
+      case .rgb(let opaque):
+        image = opaque
+      case .rgba(let transparent):
+        let backdrop =
+          augmentation.backdrop(width: transparent.width, height: transparent.height, seed: seed)
+          ?? .colour(background)
+        image = composite(transparent, over: backdrop)
+      }
+    }
+    if let box {
+      let region = box.scaled(by: denominator, scaledWidth: image.width, scaledHeight: image.height)
+      processResizedCrop(image: image, box: region, into: output)
+    } else {
+      process(image: image, into: output)
+    }
+    if augmentation.flips(seed: seed) { mirrorRows(output, planes: 3, height: cropHeight, width: cropWidth) }
+  }
+
+  /// The `box` of `image` resized to exactly `cropWidth` × `cropHeight` (Pillow bicubic, as
+  /// `image.crop(box).resize(...)` in PIL), normalised. // (3, cropHeight, cropWidth)
+  func processResizedCrop(image: RGBImage, box: CropBox, into output: UnsafeMutablePointer<Float>) {
+    precondition(box.x >= 0 && box.y >= 0 && box.x + box.width <= image.width && box.y + box.height <= image.height)
+    // The box, cut out. // (box.height, box.width, 3)
+    var cut = [UInt8](repeating: 0, count: box.width * box.height * 3)
+    image.pixels.withUnsafeBufferPointer { source in
+      cut.withUnsafeMutableBufferPointer { target in
+        for row in 0..<box.height {
+          (target.baseAddress! + row * box.width * 3).update(
+            from: source.baseAddress! + ((box.y + row) * image.width + box.x) * 3, count: box.width * 3)
+        }
+      }
+    }
+    // The box at the crop size. // (cropHeight, cropWidth, 3)
+    var resized = [UInt8](repeating: 0, count: cropWidth * cropHeight * 3)
+    cut.withUnsafeBufferPointer { source in
+      resized.withUnsafeMutableBufferPointer { target in
+        bicubicResizePillow(
+          source: source.baseAddress!, width: box.width, height: box.height, outWidth: cropWidth,
+          outHeight: cropHeight, rows: 0..<cropHeight, columns: 0..<cropWidth, into: target.baseAddress!)
+      }
+    }
+    let table = normalisationTable()
+    let plane = cropHeight * cropWidth
+    table.withUnsafeBufferPointer { table in
+      resized.withUnsafeBufferPointer { source in
+        let red = table.baseAddress!
+        for index in 0..<plane {
+          output[index] = red[Int(source[3 * index])]
+          output[plane + index] = red[256 + Int(source[3 * index + 1])]
+          output[2 * plane + index] = red[512 + Int(source[3 * index + 2])]
+        }
+      }
+    }
   }
 
   /// RGB image → normalised pixels. // (3, cropHeight, cropWidth)

@@ -46,28 +46,30 @@ public enum JPEG {
     return Header(width: Int(info.width), height: Int(info.height), components: Int(info.components))
   }
 
-  /// Decoded images above this many pixels are refused: a damaged header can claim 65535 × 65535.
-  public static let maximumDecodedPixels = 64 << 20
-
   /// Decodes to RGB at 1/`scaleDenominator` of full size (1, 2, 4 or 8; libjpeg's DCT scaling).
-  public static func decode(_ data: [UInt8], scaleDenominator: Int = 1, key: String = "?") throws -> RGBImage {
+  /// A header claiming more than `maxPixels` (at full size) is refused before decoding.
+  public static func decode(
+    _ data: [UInt8], scaleDenominator: Int = 1, key: String = "?",
+    maxPixels: Int = ImagePreprocessing.defaultMaxPixels
+  ) throws -> RGBImage {
     let header = try header(data, key: key)
-    return try decode(data, header: header, scaleDenominator: scaleDenominator, key: key)
+    return try decode(data, header: header, scaleDenominator: scaleDenominator, key: key, maxPixels: maxPixels)
   }
 
-  static func decode(_ data: [UInt8], header: Header, scaleDenominator: Int, key: String) throws -> RGBImage {
+  static func decode(
+    _ data: [UInt8], header: Header, scaleDenominator: Int, key: String,
+    maxPixels: Int = ImagePreprocessing.defaultMaxPixels
+  ) throws -> RGBImage {
     guard [1, 2, 4, 8].contains(scaleDenominator) else {
       throw DataError.image(key: key, message: "scale denominator \(scaleDenominator) is not 1, 2, 4 or 8")
     }
-    guard header.width > 0, header.height > 0, header.width <= 65535, header.height <= 65535 else {
+    guard header.width <= 65535, header.height <= 65535 else {
       throw DataError.image(key: key, message: "unusable dimensions \(header.width)x\(header.height)")
     }
+    // The full size, not the scaled one: progressive files keep full-size coefficient buffers.
+    try checkPixelLimit(width: header.width, height: header.height, maxPixels: maxPixels, key: key)
     let width = (header.width + scaleDenominator - 1) / scaleDenominator
     let height = (header.height + scaleDenominator - 1) / scaleDenominator
-    guard width * height <= maximumDecodedPixels else {
-      throw DataError.image(
-        key: key, message: "\(header.width)x\(header.height) is over the \(maximumDecodedPixels)-pixel decoding limit")
-    }
     var outWidth: Int32 = 0
     var outHeight: Int32 = 0
     var text = [CChar](repeating: 0, count: 256)

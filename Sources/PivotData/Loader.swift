@@ -15,12 +15,15 @@ public struct DatasetConfig: Codable, Sendable {
   /// nil: repeat forever (training by steps); n: stop after n passes (the last batch may be short).
   public var epochs: Int? = nil
   public var image = ImagePreprocessing.clip()
+  /// Random crops, flips and backgrounds, seeded per sample from the data cursor (so resume
+  /// stays exact); nil = off.
+  public var augmentation: Augmentation? = nil
   public var fields = SampleFields()
   public var requireImage = true
   /// Above this fraction of bad samples and shards, reading stops with an error.
   public var maxBadFraction = 0.05
   public var badFractionMinimumCount = 20
-  /// Threads decoding JPEGs in the pipeline's own pool.
+  /// Threads decoding images in the pipeline's own pool.
   public var decodeThreads = 2
   /// Batches made ahead of the training loop by `PrefetchingDataLoader`.
   public var prefetchBatches = 2
@@ -38,7 +41,7 @@ public struct DatasetConfig: Codable, Sendable {
 /// which thread finished first.
 final class DecodePool: @unchecked Sendable {
   private let condition = NSCondition()
-  private var jobs: [(id: Int, sample: ShardSample)] = []
+  private var jobs: [(id: Int, sample: ShardSample, seed: UInt64)] = []
   private var jobHead = 0
   private var results: [Int: Result<PreparedSample, Error>] = [:]
   private var stopped = false
@@ -67,7 +70,7 @@ final class DecodePool: @unchecked Sendable {
         jobHead = 0
       }
       condition.unlock()
-      let result = Result { try decoder.prepare(job.sample) }
+      let result = Result { try decoder.prepare(job.sample, seed: job.seed) }
       condition.lock()
       results[job.id] = result
       condition.broadcast()
@@ -75,9 +78,9 @@ final class DecodePool: @unchecked Sendable {
     }
   }
 
-  func submit(id: Int, sample: ShardSample) {
+  func submit(id: Int, sample: ShardSample, seed: UInt64) {
     condition.lock()
-    jobs.append((id, sample))
+    jobs.append((id, sample, seed))
     condition.signal()
     condition.unlock()
   }
@@ -128,6 +131,7 @@ public final class DataLoader: @unchecked Sendable {
       throw DataError.invalid("dataset: batchSize and maxLength must be positive")
     }
     guard !config.sources.isEmpty else { throw DataError.invalid("dataset: no sources") }
+    try config.augmentation?.validate()
     if let cursor {
       guard cursor.seed == config.seed, cursor.sources.map(\.name) == config.sources.map(\.name) else {
         throw DataError.invalid(
@@ -148,7 +152,7 @@ public final class DataLoader: @unchecked Sendable {
     self.cursor = mixer.cursor
     let decoder = SampleDecoder(
       kind: config.kind, encoder: encoder, image: config.image, maxLength: config.maxLength, fields: config.fields,
-      requireImage: config.requireImage)
+      requireImage: config.requireImage, augmentation: config.augmentation)
     self.decoder = decoder
     pool = DecodePool(decoder: decoder, threads: config.decodeThreads)
   }
@@ -167,7 +171,7 @@ public final class DataLoader: @unchecked Sendable {
       }
       let id = nextJob
       nextJob += 1
-      if case .sample(let sample) = item.item { pool.submit(id: id, sample: sample) }
+      if case .sample(let sample) = item.item { pool.submit(id: id, sample: sample, seed: item.seed) }
       pending.append((id, item, mixer.cursor))
     }
   }

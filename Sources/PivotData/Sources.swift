@@ -136,6 +136,17 @@ public struct SourcedItem: Sendable {
   public var item: ShardItem
   public var shard: String
   public var source: Int
+  /// The sample's own random seed (augmentation): a pure function of its place in the data
+  /// order, so a resumed run draws exactly what an uninterrupted one would.
+  public var seed: UInt64
+}
+
+/// The last argument of `SplitMix64.mix` for each use, so that no two uses share numbers.
+enum SeedDomain {
+  static let shardOrder: UInt64 = 1
+  static let windowOrder: UInt64 = 2
+  static let sourceDraw: UInt64 = 3
+  static let sampleAugmentation: UInt64 = 4
 }
 
 /// One source's stream of items: shards in a seeded order per epoch; within a shard, windows of
@@ -203,7 +214,7 @@ final class SourceStream {
       order =
         shuffle
         ? SplitMix64.permutation(
-          count: shards.count, seed: SplitMix64.mix(seed, UInt64(index), UInt64(cursor.epoch), 1))
+          count: shards.count, seed: SplitMix64.mix(seed, UInt64(index), UInt64(cursor.epoch), SeedDomain.shardOrder))
         : Array(0..<shards.count)
       orderEpoch = cursor.epoch
     }
@@ -270,7 +281,8 @@ final class SourceStream {
       ? SplitMix64.permutation(
         count: window.count,
         seed: SplitMix64.mix(
-          seed, UInt64(index), UInt64(cursor.epoch), UInt64(cursor.shardPosition), UInt64(windowNumber), 2))
+          seed, UInt64(index), UInt64(cursor.epoch), UInt64(cursor.shardPosition), UInt64(windowNumber),
+          SeedDomain.windowOrder))
       : Array(0..<window.count)
     windowOffset = cursor.itemsConsumed - windowStart
     return windowOffset < window.count
@@ -300,10 +312,14 @@ final class SourceStream {
     while !exhausted {
       if windowOffset < window.count {
         let item = window[windowPermutation[windowOffset]]
+        // (dataset seed, source, epoch, shard position, index in emission order): all in the cursor.
+        let itemSeed = SplitMix64.mix(
+          seed, UInt64(index), UInt64(cursor.epoch), UInt64(cursor.shardPosition), UInt64(cursor.itemsConsumed),
+          SeedDomain.sampleAugmentation)
         windowOffset += 1
         cursor.itemsConsumed += 1
         if case .sample = item { goodItemsThisEpoch += 1 }
-        return SourcedItem(item: item, shard: shardPath(at: cursor.shardPosition), source: index)
+        return SourcedItem(item: item, shard: shardPath(at: cursor.shardPosition), source: index, seed: itemSeed)
       }
       if try !loadWindow() { try advanceShard() }
     }
@@ -332,7 +348,7 @@ final class SampleMixer {
     while true {
       let live = sources.filter { !$0.exhausted && $0.spec.weight > 0 }
       if live.isEmpty { return nil }
-      var generator = SplitMix64(seed: SplitMix64.mix(seed, draws, 3))
+      var generator = SplitMix64(seed: SplitMix64.mix(seed, draws, SeedDomain.sourceDraw))
       draws += 1
       let total = live.reduce(0) { $0 + $1.spec.weight }
       var point = Double(generator.next() >> 11) / Double(1 << 53) * total

@@ -44,7 +44,7 @@ public struct ChatSampleEncoder: SampleEncoder {
 
   /// What a plain caption starts with: a document-start token, then the image slot. The first
   /// position of a causal LLM is where attention sinks form (LLaVA's plain format starts with
-  /// LLaMA's <s>); a soft token there left stage 1 on real weights learning nothing image-specific.
+  /// LLaMA's <s>), so a soft token should not sit there.
   /// The tokenizer's bos, else its end of text (how Qwen separates its pretraining documents).
   public static func plainPrefix(_ tokenizer: Tokenizer, placeholder: Int32, imageTokens n: Int) -> (ids: [Int32], slot: Range<Int>) {
     let start = (tokenizer.config?.bosToken).flatMap { tokenizer.id(forToken: $0) } ?? plainCaptionEnd(tokenizer)

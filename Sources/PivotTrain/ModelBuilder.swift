@@ -9,6 +9,8 @@ public struct BuiltModel {
   public let base: [BaseReference]
   /// Where to find the tokenizer when the recipe does not name one.
   public let tokenizerFolder: String?
+  /// With `model.qformer_init`: where each Q-Former parameter came from (BERT or new).
+  public var qformerInitTable: String? = nil
 }
 
 public enum ModelBuilder {
@@ -69,6 +71,17 @@ public enum ModelBuilder {
       q.intermediateSize = 4 * visionConfig.hiddenSize
       q.numHiddenLayers = 4
     }
+    // A BERT-style encoder initialises the Q-Former: its shape becomes the Q-Former's.
+    var bertInit: (weights: [String: Tensor], table: [(qformer: String, bert: String)], bertKeys: [String])?
+    if let qi = m.qformerInit {
+      if m.qformer != nil || m.qformerConfig != nil { throw fail("model.qformer_init", "give model.qformer_init or model.qformer/qformer_config, not both") }
+      var shape = try BertEncoderConfig.read(qi).qformerConfig(crossAttentionFrequency: q.crossAttentionFrequency, encoderHiddenSize: visionConfig.hiddenSize)
+      if let layers = m.qformerLayers { shape.numHiddenLayers = layers }
+      q = shape
+      let raw = try ModelFolder.weights(qi)
+      let mapped = try QFormer.bertInitialization(from: raw, config: q, source: qi)
+      bertInit = (mapped.weights, mapped.table, raw.keys.sorted())
+    }
     if let layers = m.qformerLayers { q.numHiddenLayers = layers }
     q.encoderHiddenSize = visionConfig.hiddenSize
     let bridge = BridgeKind(rawValue: m.bridge) ?? .qformer
@@ -94,6 +107,11 @@ public enum ModelBuilder {
       let raw = try ModelFolder.weights(qd)
       try qformer.load(QFormer.sanitize(raw), source: qd, allowUnused: true, zeroCopy: true)
     }
-    return BuiltModel(model: model, base: try refs([m.vision, m.llm, m.qformer]), tokenizerFolder: m.llm)
+    var built = BuiltModel(model: model, base: try refs([m.vision, m.llm, m.qformer, m.qformerInit]), tokenizerFolder: m.llm)
+    if let bertInit, let qformer = model.qformer {
+      try qformer.load(bertInitialization: bertInit.weights, source: m.qformerInit!)
+      built.qformerInitTable = qformer.initializationTable(bertInit.table, bertKeys: bertInit.bertKeys)
+    }
+    return built
   }
 }

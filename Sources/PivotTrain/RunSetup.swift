@@ -39,6 +39,14 @@ public struct RunSetup {
     image = chat.map { RunSetup.preprocessing(for: $0, visionFolder: recipe.model.vision) } ?? .clip(size: 224)
   }
 
+  /// A recipe's `data.augment` as PivotData's augmentation (a crop scale of [1, 1] keeps the
+  /// plain resize + centre crop).
+  public static func augmentation(_ a: Recipe.Augment) -> Augmentation {
+    Augmentation(randomResizedCrop: a.cropScale != [1, 1], scale: a.cropScale[0]...a.cropScale[1],
+                 ratio: a.cropRatio[0]...a.cropRatio[1], horizontalFlipProbability: a.flip,
+                 backgrounds: a.backgrounds.compactMap { Augmentation.Background(rawValue: $0) })
+  }
+
   static func tokenizerPath(recipe: Recipe, folder: String?) -> String? {
     if let t = recipe.model.tokenizer { return t }
     guard let folder else { return nil }
@@ -76,6 +84,8 @@ public struct RunSetup {
     c.shuffleWindow = recipe.data.shuffleBuffer
     c.maxBadFraction = recipe.data.maxBadFraction
     c.decodeThreads = recipe.data.workers
+    // Training views only: evaluation always sees the plain resize + centre crop.
+    if training, let a = recipe.data.augment { c.augmentation = RunSetup.augmentation(a) }
     return c
   }
 

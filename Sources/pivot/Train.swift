@@ -16,6 +16,8 @@ struct Train: ParsableCommand {
   @Option(help: "After the run, compare its losses with a reference metrics.jsonl.") var compare: String?
   @Option(help: "Override the recipe's max_steps.") var maxSteps: Int?
 
+  var trainerStartsFresh: Bool { resume == nil }
+
   func run() throws {
     var r = try Recipe.load(recipe)
     if let maxSteps {
@@ -24,6 +26,7 @@ struct Train: ParsableCommand {
     }
     Threads.set(r.threads > 0 ? r.threads : ProcessInfo.processInfo.activeProcessorCount)
     let setup = try RunSetup(recipe: r)
+    if let table = setup.built.qformerInitTable, trainerStartsFresh { eprint("Q-Former initialised from \(r.model.qformerInit!):\n" + table) }
     if let epochs = r.epochs {  // the run's length (and the LR schedule's) follows from the data
       let counting = ProgressBar(label: "counting samples", total: nil, unit: "shards")
       let samples = try setup.countTrainingSamples { done, shards, samples in counting.update(done, detail: "of \(shards), \(samples) samples") }

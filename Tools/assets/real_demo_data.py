@@ -2,7 +2,7 @@
 
 Objects, not stamps, are split: stamps whose English captions agree once lower-cased and
 stripped of punctuation ("A frog." twice) are one object, so a held-out object is never seen in
-training under another stamp. About 10% of the objects (by a hash of the caption) are held out.
+training under another stamp. 10% of the objects (the first in the order of a hash of the caption) are held out.
 
 Writes under OUT (default Assets/tuxpaint/real-demo):
   train-captions.jsonl   stage 1: every stamp of the training objects, its RGBA PNG and English
@@ -30,7 +30,7 @@ import sys
 from PIL import Image
 
 EVAL_OBJECTS = 64
-HELDOUT_MODULUS = 10
+HELDOUT_FRACTION = 0.1
 PROMPTS = {"en": ["Describe the image.", "What is this?"], "zh": ["描述这张图片。", "这是什么？"]}
 
 
@@ -87,7 +87,7 @@ def main():
     objects = {}
     for r in records:
         objects.setdefault(object_key(r["en"]), []).append(r)
-    heldout = sorted(k for k in objects if digest("object:" + k) % HELDOUT_MODULUS == 0)
+    heldout = sorted(sorted(objects, key=lambda k: digest("object:" + k))[:round(HELDOUT_FRACTION * len(objects))])
     training = sorted(k for k in objects if k not in set(heldout))
     rel = lambda p: os.path.relpath(os.path.join(tux, p), out)
 
