@@ -232,8 +232,20 @@ public struct ChatModelConfig: Sendable {
     return config
   }
 
-  /// The MLP bridge's pooled grid must fit the tower's patch grid.
+  /// The composition's own settings: the image size against the tower's patches, the feature
+  /// layer inside the tower, the soft-token count, the MLP's pooled grid inside the patch grid.
   public func validateBridge(file: String) throws {
+    let layers: Int
+    switch vision { case .clip(let c): layers = c.numHiddenLayers; case .dinov2(let c): layers = c.numHiddenLayers }
+    guard imageSize >= vision.patchSize, imageSize <= 4096 else {
+      throw ModelLoadError(file: file, reason: "image_size \(imageSize) must be between the patch size \(vision.patchSize) and 4096")
+    }
+    guard featureLayer >= -(layers + 1) && featureLayer <= layers else {
+      throw ModelLoadError(file: file, reason: "feature_layer \(featureLayer) is outside the tower's \(layers) layers (−\(layers + 1)…\(layers))")
+    }
+    if bridge == .qformer && !(1...4096).contains(numQueryTokens) {
+      throw ModelLoadError(file: file, reason: "num_query_tokens \(numQueryTokens) must be between 1 and 4096")
+    }
     guard bridge == .mlp else { return }
     let g = patchGrid
     guard g >= 1, g * vision.patchSize == imageSize else {

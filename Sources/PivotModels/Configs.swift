@@ -38,6 +38,39 @@ struct ConfigReader {
   }
 }
 
+/// Checks a configuration before anything is allocated: every problem found, listed together,
+/// each naming the key, the value and the rule.
+struct ConfigCheck {
+  let file: String
+  private(set) var problems: [String] = []
+  init(file: String) { self.file = file }
+
+  /// Sizes Pivot allocates from: positive and below a bound no real model reaches, so a typo
+  /// (or 10¹²) is an error instead of an allocation.
+  mutating func size(_ key: String, _ value: Int, max: Int) {
+    if value < 1 || value > max { problems.append("'\(key)' is \(value): must be between 1 and \(max)") }
+  }
+  mutating func positive(_ key: String, _ value: Float) {
+    if !(value > 0 && value.isFinite) { problems.append("'\(key)' is \(value): must be a positive finite number") }
+  }
+  mutating func divides(_ divisorKey: String, _ divisor: Int, _ key: String, _ value: Int) {
+    if divisor >= 1 && value % divisor != 0 { problems.append("'\(key)' \(value) is not a multiple of '\(divisorKey)' \(divisor)") }
+  }
+  mutating func oneOf(_ key: String, _ value: String, _ known: [String]) {
+    if !known.contains(value) { problems.append("'\(key)' is '\(value)': Pivot computes \(known.joined(separator: ", "))") }
+  }
+  mutating func require(_ ok: Bool, _ message: String) { if !ok { problems.append(message) } }
+
+  func done() throws {
+    guard !problems.isEmpty else { return }
+    throw ModelLoadError(file: file, reason: "invalid configuration:\n" + problems.map { "  - \($0)" }.joined(separator: "\n"),
+                         hint: "fix these keys of the config.json")
+  }
+}
+
+/// Activations `activation(_:_:)` computes.
+let knownActivations = ["gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "silu", "swish"]
+
 public func readJSONObject(_ path: String) throws -> [String: Any] {
   guard let data = FileManager.default.contents(atPath: path) else {
     throw ModelLoadError(file: path, reason: "cannot read the file", hint: "a model folder needs config.json")
@@ -69,6 +102,19 @@ public struct CLIPVisionConfig: Sendable, Equatable {
     layerNormEps = try r.float("layer_norm_eps", 1e-5)
     initializerRange = try r.float("initializer_range", 0.02)
     initializerFactor = try r.float("initializer_factor", 1)
+    var check = ConfigCheck(file: r.file)
+    check.size("hidden_size", hiddenSize, max: 16384)
+    check.size("intermediate_size", intermediateSize, max: 131072)
+    check.size("num_hidden_layers", numHiddenLayers, max: 256)
+    check.size("num_attention_heads", numAttentionHeads, max: 1024)
+    check.divides("num_attention_heads", numAttentionHeads, "hidden_size", hiddenSize)
+    check.require(numChannels == 3, "'num_channels' is \(numChannels): Pivot feeds RGB images (3)")
+    check.size("image_size", imageSize, max: 4096)
+    check.size("patch_size", patchSize, max: 4096)
+    check.require(patchSize <= imageSize, "'patch_size' \(patchSize) is larger than 'image_size' \(imageSize)")
+    check.oneOf("hidden_act", hiddenAct, knownActivations)
+    check.positive("layer_norm_eps", layerNormEps)
+    try check.done()
   }
   public var json: [String: Any] {
     ["model_type": "clip_vision_model", "architectures": ["CLIPVisionModel"], "hidden_size": hiddenSize, "intermediate_size": intermediateSize,
@@ -102,6 +148,19 @@ public struct Dinov2Config: Sendable, Equatable {
     qkvBias = r.bool("qkv_bias", true)
     useSwigluFfn = r.bool("use_swiglu_ffn", false)
     if useSwigluFfn { throw ModelLoadError(file: r.file, reason: "use_swiglu_ffn is not supported", hint: "Pivot runs the ViT-S/B/L DINOv2 variants") }
+    var check = ConfigCheck(file: r.file)
+    check.size("hidden_size", hiddenSize, max: 16384)
+    check.size("num_hidden_layers", numHiddenLayers, max: 256)
+    check.size("num_attention_heads", numAttentionHeads, max: 1024)
+    check.divides("num_attention_heads", numAttentionHeads, "hidden_size", hiddenSize)
+    check.size("mlp_ratio", mlpRatio, max: 64)
+    check.require(numChannels == 3, "'num_channels' is \(numChannels): Pivot feeds RGB images (3)")
+    check.size("image_size", imageSize, max: 4096)
+    check.size("patch_size", patchSize, max: 4096)
+    check.require(patchSize <= imageSize, "'patch_size' \(patchSize) is larger than 'image_size' \(imageSize)")
+    check.oneOf("hidden_act", hiddenAct, knownActivations)
+    check.positive("layer_norm_eps", layerNormEps)
+    try check.done()
   }
   public var json: [String: Any] {
     ["model_type": "dinov2", "architectures": ["Dinov2Model"], "hidden_size": hiddenSize, "num_hidden_layers": numHiddenLayers,
@@ -135,6 +194,17 @@ public struct QFormerConfig: Sendable, Equatable {
     if r.bool("use_qformer_text_input", false) {
       throw ModelLoadError(file: r.file, reason: "use_qformer_text_input is not supported", hint: "Pivot's Q-Former reads learned queries only")
     }
+    var check = ConfigCheck(file: r.file)
+    check.size("hidden_size", hiddenSize, max: 16384)
+    check.size("num_hidden_layers", numHiddenLayers, max: 256)
+    check.size("num_attention_heads", numAttentionHeads, max: 1024)
+    check.divides("num_attention_heads", numAttentionHeads, "hidden_size", hiddenSize)
+    check.size("intermediate_size", intermediateSize, max: 131072)
+    check.size("cross_attention_frequency", crossAttentionFrequency, max: 256)
+    check.size("encoder_hidden_size", encoderHiddenSize, max: 16384)
+    check.oneOf("hidden_act", hiddenAct, knownActivations)
+    check.positive("layer_norm_eps", layerNormEps)
+    try check.done()
   }
   public var json: [String: Any] {
     ["model_type": "blip_2_qformer", "hidden_size": hiddenSize, "num_hidden_layers": numHiddenLayers, "num_attention_heads": numAttentionHeads,
@@ -195,6 +265,24 @@ public struct DecoderConfig: Sendable, Equatable {
     maxPositionEmbeddings = try r.int("max_position_embeddings", 4096)
     bosTokenId = r.dict["bos_token_id"] as? Int
     eosTokenIds = r.ints("eos_token_id")
+    var check = ConfigCheck(file: r.file)
+    check.size("vocab_size", vocabSize, max: 4_000_000)
+    check.size("hidden_size", hiddenSize, max: 65536)
+    check.size("intermediate_size", intermediateSize, max: 524_288)
+    check.size("num_hidden_layers", numHiddenLayers, max: 1024)
+    check.size("num_attention_heads", numAttentionHeads, max: 1024)
+    check.size("num_key_value_heads", numKeyValueHeads, max: 1024)
+    check.divides("num_key_value_heads", numKeyValueHeads, "num_attention_heads", numAttentionHeads)
+    if let headDim { check.size("head_dim", headDim, max: 4096) } else { check.divides("num_attention_heads", numAttentionHeads, "hidden_size", hiddenSize) }
+    // The MLP is SwiGLU whatever the name says: another activation would compute something else silently.
+    check.oneOf("hidden_act", hiddenAct, ["silu", "swish"])
+    check.positive("rms_norm_eps", rmsNormEps)
+    check.positive("rope_theta", ropeTheta)
+    check.size("max_position_embeddings", maxPositionEmbeddings, max: 16_777_216)
+    for id in eosTokenIds + (bosTokenId.map { [$0] } ?? []) where id < 0 || id >= vocabSize {
+      check.require(false, "token id \(id) (bos_token_id / eos_token_id) is outside the vocabulary of \(vocabSize)")
+    }
+    try check.done()
   }
 
   public var json: [String: Any] {

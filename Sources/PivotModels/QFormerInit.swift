@@ -73,16 +73,16 @@ extension QFormer {
     let h = c.hiddenSize, i = c.intermediateSize
     var out: [(qformer: String, bert: String, outWidth: Int, inWidth: Int?)] = [("layernorm", "embeddings.LayerNorm", h, nil)]
     for n in 0..<c.numHiddenLayers {
-      let q = "encoder.layer.\(n).", b = "encoder.layer.\(n)."
+      let p = "encoder.layer.\(n)."
       out += [
-        (q + "attention.attention.query", b + "attention.self.query", h, h),
-        (q + "attention.attention.key", b + "attention.self.key", h, h),
-        (q + "attention.attention.value", b + "attention.self.value", h, h),
-        (q + "attention.output.dense", b + "attention.output.dense", h, h),
-        (q + "attention.output.LayerNorm", b + "attention.output.LayerNorm", h, nil),
-        (q + "intermediate_query.dense", b + "intermediate.dense", i, h),
-        (q + "output_query.dense", b + "output.dense", h, i),
-        (q + "output_query.LayerNorm", b + "output.LayerNorm", h, nil),
+        (p + "attention.attention.query", p + "attention.self.query", h, h),
+        (p + "attention.attention.key", p + "attention.self.key", h, h),
+        (p + "attention.attention.value", p + "attention.self.value", h, h),
+        (p + "attention.output.dense", p + "attention.output.dense", h, h),
+        (p + "attention.output.LayerNorm", p + "attention.output.LayerNorm", h, nil),
+        (p + "intermediate_query.dense", p + "intermediate.dense", i, h),
+        (p + "output_query.dense", p + "output.dense", h, i),
+        (p + "output_query.LayerNorm", p + "output.LayerNorm", h, nil),
       ]
     }
     return out

@@ -93,7 +93,10 @@ public enum ModelBuilder {
                                  decoder: decoderConfig, numQueryTokens: m.numQueryTokens,
                                  imageSize: m.imageSize, featureLayer: m.featureLayer, imageTokenId: 0, chatTemplate: m.chatTemplate,
                                  captionFormat: r.data.captionFormat)
-    do { try config.validateBridge(file: r.file) } catch let e as ModelLoadError { throw fail("model.mlp_pool_grid", e.reason) }
+    do { try config.validateBridge(file: r.file) } catch let e as ModelLoadError {
+      let key = ["image_size", "feature_layer", "num_query_tokens"].first { e.reason.hasPrefix($0) } ?? "mlp_pool_grid"
+      throw fail("model.\(key)", e.reason)
+    }
     let model = ChatModel(config, seed: r.seed, initializeVision: m.vision == nil, initializeLLM: m.llm == nil)
     if let v = m.vision {
       let tower = try loadVisionTower(folder: v, inputSize: m.imageSize)

@@ -25,6 +25,7 @@ public struct RunSetup {
     }
     tokenizerPath = path
     tokenizer = try Tokenizer(contentsOf: URL(fileURLWithPath: path))
+    try RunSetup.checkVocabulary(tokenizer, path: path, model: built.model)
     let chat = built.model as? ChatModel
     let placeholder = tokenizer.id(forToken: "<|image_pad|>") ?? tokenizer.id(forToken: "<image>")
     if chat != nil && placeholder == nil {
@@ -45,6 +46,21 @@ public struct RunSetup {
     Augmentation(randomResizedCrop: a.cropScale != [1, 1], scale: a.cropScale[0]...a.cropScale[1],
                  ratio: a.cropRatio[0]...a.cropRatio[1], horizontalFlipProbability: a.flip,
                  backgrounds: a.backgrounds.compactMap { Augmentation.Background(rawValue: $0) })
+  }
+
+  /// Every id the tokenizer can produce must have a row in the embedding table: an id past it
+  /// would read outside the table.
+  public static func checkVocabulary(_ tokenizer: Tokenizer, path: String, model: any TrainableModel) throws {
+    let rows: Int
+    switch model {
+    case let chat as ChatModel: rows = chat.config.decoder.vocabSize
+    case let llm as DecoderLM: rows = llm.config.vocabSize
+    default: return
+    }
+    guard tokenizer.vocabularySize <= rows else {
+      throw ModelLoadError(file: path, reason: "the tokenizer has ids up to \(tokenizer.vocabularySize - 1) but the model's embedding table has \(rows) rows",
+                           hint: "use the tokenizer the model was trained with, or a model whose vocab_size covers it")
+    }
   }
 
   static func tokenizerPath(recipe: Recipe, folder: String?) -> String? {

@@ -30,8 +30,10 @@ extension Shards {
       discussion: """
         Captions: TSV lines `image<TAB>caption` (an `image<TAB>caption` header line is skipped) or JSONL
         objects {"image": ..., "caption": ...} (or "text"). Conversations: a LLaVA JSON list of
-        {"id", "image", "conversations"}; each sample gets `jpg` and `json`. Keys are the input order,
-        `%09d`. Images must be JPEG; unreadable ones are skipped and listed.
+        {"id", "image", "conversations"}; each sample gets `jpg` (or `png`) and `json`. JSONL captions
+        may carry {"captions": {"en": ..., "zh": ...}}, written as `en.txt`, `zh.txt` (what
+        `pivot eval --rank` reads). Keys are the input order, `%09d`. Images must be JPEG or PNG
+        (told apart by their bytes); unreadable ones are skipped and listed.
         """)
 
     @Option(help: "Folder the image paths are relative to.")
@@ -45,7 +47,7 @@ extension Shards {
 
     @OptionGroup var output: ShardOutputOptions
 
-    @Flag(help: "Do not check that each image is a readable JPEG.")
+    @Flag(help: "Do not check that each image is a readable JPEG or PNG.")
     var noCheck = false
 
     func validate() throws {
@@ -158,8 +160,8 @@ extension Shards {
           }
           let bytes = [UInt8](data)
           let isPNG = bytes.starts(with: [0x89, 0x50, 0x4E, 0x47])
-          if !noCheck && !isPNG {
-            do { _ = try JPEG.header(bytes, key: key) } catch {
+          if !noCheck {
+            do { _ = isPNG ? try PNG.header(bytes, key: key).width : try JPEG.header(bytes, key: key).width } catch {
               skipped.append("\(key) (\(image)): \(error)")
               continue
             }
@@ -184,7 +186,7 @@ extension Shards {
 
   struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Read every member of every shard and decode every JPEG; list what is bad.",
+      abstract: "Read every member of every shard and decode every JPEG and PNG; list what is bad.",
       discussion: "Exits with status 1 when any shard, member or image is bad.")
 
     @Argument(help: "Shard patterns, e.g. 'pairs-{000000..000099}.tar.zst'.")
@@ -223,6 +225,8 @@ extension Shards {
                   } catch {
                     imageProblem = "\(error)"
                   }
+                } else if field.name == "png" {
+                  do { _ = try PNG.decode(field.data, key: sample.key) } catch { imageProblem = "\(error)" }
                 }
               }
               if let imageProblem { badItems.append("\(shard): \(sample.key): \(imageProblem)") } else { samples += 1 }
@@ -270,6 +274,12 @@ extension Shards {
           return "JPEG \(header.width)x\(header.height), \(header.components) components, \(field.data.count) bytes"
         }
         return "\(field.data.count) bytes, not a readable JPEG"
+      }
+      if field.name == "png" {
+        if let header = try? PNG.header(field.data) {
+          return "PNG \(header.width)x\(header.height), \(header.hasAlpha ? "with" : "no") transparency, \(field.data.count) bytes"
+        }
+        return "\(field.data.count) bytes, not a readable PNG"
       }
       if field.data.count <= 4000, !field.data.contains(0), let text = String(validating: field.data, as: UTF8.self) {
         return text

@@ -44,6 +44,7 @@ final class Assistant {
     } else {
       tokenizer = try Tokenizer(contentsOf: URL(fileURLWithPath: folder))
     }
+    try RunSetup.checkVocabulary(tokenizer, path: (folder as NSString).appendingPathComponent("tokenizer.json"), model: model.module)
     var placeholder: Int32? = nil
     if case .chat(let m) = model {
       placeholder = tokenizer.id(forToken: "<|image_pad|>") ?? tokenizer.id(forToken: "<image>") ?? m.config.imageTokenId
@@ -144,7 +145,7 @@ struct Chat: ParsableCommand {
     discussion: "--model takes a Pivot model folder, a training checkpoint, or a plain HF Qwen2/LLaMA folder (text-only chat).")
 
   @Option(help: "Model folder.") var model: String
-  @Option(help: "A JPEG to talk about.") var image: String?
+  @Option(help: "A JPEG or PNG to talk about.") var image: String?
   @Option(help: "One prompt: answer it and exit.") var prompt: String?
   @Option(help: "System prompt.") var system: String?
   @Option(help: "Chat template (chatml, llama3, plain); default: the tokenizer's.") var chatTemplate: String?

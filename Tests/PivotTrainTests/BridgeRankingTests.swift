@@ -96,6 +96,29 @@ struct BridgeRankingTests {
     }
   }
 
+  /// A sample may carry its own candidates (`json` {"captions", "candidates"}); the reference is
+  /// added when the list lacks it, and the tally counts the images.
+  @Test func candidatesCarriedBySamples() throws {
+    let dir = tempDir("rank-own")
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    try TinyImageWorld.write(dir)
+    let shard = try ShardFileWriter(path: dir + "/own.tar.zst")
+    let jpeg = try JPEG.encode(RGBImage(width: 28, height: 28, pixels: [UInt8](repeating: 90, count: 28 * 28 * 3)), quality: 95)
+    for i in 0..<2 {
+      let json = #"{"captions": {"en": "a red square"}, "candidates": {"en": ["a blue square", "a green square"]}}"#
+      try shard.write(ShardSample(key: "o\(i)", url: shard.path, fields: [SampleField(name: "jpg", data: jpeg), SampleField(name: "json", data: Array(json.utf8))]))
+    }
+    try shard.finish()
+    let setup = try RunSetup(recipe: try Recipe.parse(TinyImageWorld.recipe(dir, bridge: "mlp"), file: "own.yaml"))
+    var settings = CaptionRankSettings()
+    settings.format = "plain"
+    let r = try CaptionRankEvaluation.run(model: setup.model as! ChatModel, template: setup.template, image: setup.image,
+                                          shards: dir + "/own.tar.zst", settings: settings)
+    #expect(r.languages == ["en"] && r.tallies["en"]!.count == 2)
+    #expect(r.records.allSatisfy { $0["candidates"] == "3" }, "the sample's two candidates and its reference")
+    #expect(r.tallies["en"]!.ranks.allSatisfy { (1...3).contains($0) })
+  }
+
   @Test func ranksAndChance() {
     #expect(CaptionRanking.rank(of: 2, in: [0.1, 0.5, 0.3, -1]) == 2)
     #expect(CaptionRanking.rank(of: 1, in: [0.1, 0.5, 0.3, -1]) == 1)
