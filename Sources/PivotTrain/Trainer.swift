@@ -50,15 +50,22 @@ public enum TrainError: Error, CustomStringConvertible {
   }
 }
 
-/// Set by SIGINT: the loop finishes its step, writes a checkpoint and returns.
+/// Set by SIGINT or SIGTERM (what `kill` and schedulers send): the loop finishes its step,
+/// writes a checkpoint and returns; the process then exits 128 + the signal (130, 143).
 public enum Interrupt {
   nonisolated(unsafe) public static var requested = false
+  nonisolated(unsafe) public static var signalNumber: Int32 = 0
   public static func install() {
-    signal(SIGINT) { _ in
-      if Interrupt.requested { exit(130) }  // a second Ctrl-C leaves at once
-      Interrupt.requested = true
+    for sig in [SIGINT, SIGTERM] {
+      signal(sig) { received in
+        if Interrupt.requested { exit(128 + received) }  // a second signal leaves at once
+        Interrupt.signalNumber = received
+        Interrupt.requested = true
+      }
     }
   }
+  /// The exit status of an interrupted run.
+  public static var exitStatus: Int32 { 128 + (signalNumber == 0 ? SIGINT : signalNumber) }
 }
 
 /// The training loop for every stage: gradient accumulation, clipping, schedule, AdamW,

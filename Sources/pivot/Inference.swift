@@ -91,6 +91,11 @@ final class Assistant {
     let q: Int
     if case .chat(let m) = model { q = pixels == nil ? 0 : m.imageTokenCount } else { q = 0 }
     let rendered = try template.render(messages: messages, imageTokenCount: q, addGenerationPrompt: true)
+    let context: Int
+    switch model { case .chat(let m): context = m.config.decoder.maxPositionEmbeddings; case .llm(let m): context = m.config.maxPositionEmbeddings }
+    guard rendered.ids.count + options.maxNewTokens <= context else {
+      throw ValidationError("the prompt is \(rendered.ids.count) tokens and --max-new-tokens \(options.maxNewTokens): more than the model's context of \(context) positions (shorten the prompt or lower --max-new-tokens)")
+    }
     var options = options
     options.stopTokenIds.formUnion(stopIds)
     var stream = tokenizer.makeIncrementalDecoder(skipSpecialTokens: true)
@@ -126,6 +131,14 @@ struct SamplingOptions: ParsableArguments {
   @Option(help: "Divide the logits of tokens already present (transformers' rule).") var repetitionPenalty: Float = 1
   @Option(help: "Seed for sampling.") var seed: UInt64 = 0
   @Option(help: "Stop when the output ends with this text (repeatable).") var stop: [String] = []
+
+  func validate() throws {
+    guard maxNewTokens >= 1 else { throw ValidationError("--max-new-tokens must be at least 1, not \(maxNewTokens)") }
+    guard temperature.isFinite && temperature >= 0 else { throw ValidationError("--temperature must be a finite number ≥ 0 (0 is greedy), not \(temperature)") }
+    guard topK >= 0 else { throw ValidationError("--top-k must be ≥ 0 (0 keeps every token), not \(topK)") }
+    guard topP.isFinite && topP > 0 && topP <= 1 else { throw ValidationError("--top-p must be in (0, 1], not \(topP)") }
+    guard repetitionPenalty.isFinite && repetitionPenalty > 0 else { throw ValidationError("--repetition-penalty must be a finite number > 0, not \(repetitionPenalty)") }
+  }
 
   var generation: GenerationOptions {
     var g = GenerationOptions()
@@ -258,7 +271,7 @@ struct Caption: ParsableCommand {
       n += 1
       bar.update(n, detail: "\(total) shard(s)")
     }
-    bar.finish(detail: "\(counts.good) captioned, \(counts.bad) skipped → \(out)")
+    bar.finish(detail: "\(n) captioned, \(counts.bad + counts.good - n) skipped → \(out)")
   }
 }
 

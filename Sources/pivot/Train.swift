@@ -16,6 +16,10 @@ struct Train: ParsableCommand {
   @Option(help: "After the run, compare its losses with a reference metrics.jsonl.") var compare: String?
   @Option(help: "Override the recipe's max_steps.") var maxSteps: Int?
 
+  func validate() throws {
+    if let maxSteps, maxSteps < 1 { throw ValidationError("--max-steps must be at least 1, not \(maxSteps)") }
+  }
+
   var trainerStartsFresh: Bool { resume == nil }
 
   func run() throws {
@@ -40,7 +44,12 @@ struct Train: ParsableCommand {
                               makeEvalSource: setup.evalSourceFactory(), base: setup.built.base)
     trainer.onFinish = { try setup.saveFinal(into: $0) }
     trainer.rankEvaluation = setup.rankEvaluation()
-    if let resume { try trainer.resume(from: resume) }
+    if let resume {
+      try trainer.resume(from: resume)
+      if trainer.step >= r.maxSteps {
+        throw ValidationError("\(resume) is at step \(trainer.step), already at or past max_steps \(r.maxSteps): nothing to train (raise --max-steps)")
+      }
+    }
     Interrupt.install()
     let bar = ProgressBar(label: "\(r.name) [\(r.stage.rawValue)]", total: r.maxSteps, unit: "steps")
     let start = Date()
@@ -63,6 +72,11 @@ struct Train: ParsableCommand {
       case .checkpoint(let step, let path): eprint("\nstep \(step): checkpoint \(path)")
       case .interrupted(let step): eprint("\ninterrupted at step \(step); resume with --resume \(trainer.lastCheckpoint ?? "")")
       }
+    }
+    if Interrupt.requested {
+      bar.finish(detail: String(format: "%@ elapsed, interrupted", formatDuration(Date().timeIntervalSince(start))))
+      eprint("metrics: \(r.output)/metrics.jsonl   plot: \(r.output)/loss.svg   checkpoint: \(trainer.lastCheckpoint ?? "none")")
+      throw ExitCode(Interrupt.exitStatus)
     }
     bar.finish(detail: String(format: "%@ elapsed", formatDuration(Date().timeIntervalSince(start))))
     eprint("metrics: \(r.output)/metrics.jsonl   plot: \(r.output)/loss.svg   model: \(r.output)/final")
