@@ -50,6 +50,24 @@ public struct CheckpointState: Codable, Sendable {
 public enum Checkpoint {
   public static func directoryName(step: Int) -> String { String(format: "step-%06d", step) }
 
+  /// Removes the temporary folders (`.step-N.tmp-PID`, `.final.tmp-PID`, and their `.old`)
+  /// that a killed run left in `output`, when their process is gone. Returns their names.
+  @discardableResult
+  public static func removeStaleTemporaries(in output: String) -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: output)) ?? []
+    var removed: [String] = []
+    for name in names where name.hasPrefix(".") {
+      guard let range = name.range(of: ".tmp-") else { continue }
+      let digits = name[range.upperBound...].prefix { $0.isNumber }
+      guard let pid = Int32(digits) else { continue }
+      // kill(pid, 0) fails with ESRCH when no such process exists.
+      if pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH {
+        if (try? FileManager.default.removeItem(atPath: (output as NSString).appendingPathComponent(name))) != nil { removed.append(name) }
+      }
+    }
+    return removed.sorted()
+  }
+
   /// Writes model.safetensors (trained parameters), optimizer.safetensors (moments) and
   /// state.json into a temporary folder, then renames it into place: a crash at any point
   /// leaves the previous checkpoints as they were.

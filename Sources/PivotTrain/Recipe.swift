@@ -162,7 +162,11 @@ public struct Recipe: Sendable, Codable {
   }
 
   /// Paths in a recipe are relative to the working directory, like every other CLI path.
-  public static func parse(_ text: String, file: String) throws -> Recipe {
+  public static func parse(_ rawText: String, file: String) throws -> Recipe {
+    // A byte-order mark and Windows line ends read as what they mean.
+    var text = rawText.hasPrefix("\u{FEFF}") ? String(rawText.dropFirst()) : rawText
+    if text.contains("\r\n") { text = text.replacingOccurrences(of: "\r\n", with: "\n") }
+    try checkNesting(text, file: file)
     let root: Node
     do {
       guard let n = try Yams.compose(yaml: text) else { throw RecipeError(file: file, line: nil, key: "", message: "empty recipe") }
@@ -309,6 +313,29 @@ public struct Recipe: Sendable, Codable {
       throw RecipeError(file: file, line: nil, key: "data.sources", message: "a recipe needs at least one data source")
     }
     return r
+  }
+
+  /// A recipe is a few levels deep; the YAML parser recurses per level, so a file nested
+  /// thousands deep (by brackets or indentation) is refused before it is parsed.
+  static func checkNesting(_ text: String, file: String, limit: Int = 64) throws {
+    var depth = 0, deepest = 0, line = 1
+    for scalar in text.unicodeScalars {
+      switch scalar {
+      case "[", "{": depth += 1; deepest = max(deepest, depth)
+      case "]", "}": depth = max(0, depth - 1)
+      case "\n": line += 1
+      default: break
+      }
+      if deepest > limit {
+        throw RecipeError(file: file, line: line, key: "", message: "nested more than \(limit) levels deep; a recipe needs a few")
+      }
+    }
+    for (number, row) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+      let indent = row.prefix { $0 == " " }.count
+      if indent > 2 * limit {
+        throw RecipeError(file: file, line: number + 1, key: "", message: "indented \(indent) spaces, nested too deep for a recipe")
+      }
+    }
   }
 
   /// Optimizer steps that `epochs` passes over `samples` training samples take (the last

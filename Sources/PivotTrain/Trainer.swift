@@ -170,6 +170,7 @@ public final class Trainer {
 
   private func runSteps(onEvent: (TrainEvent) -> Void) throws {
     try FileManager.default.createDirectory(atPath: recipe.output, withIntermediateDirectories: true)
+    Checkpoint.removeStaleTemporaries(in: recipe.output)
     let metrics = try MetricsLog(directory: recipe.output, append: step > 0)
     if step > 0 { try metrics.truncate(after: step) }
     onEvent(.parameters(parameterRows()))

@@ -306,3 +306,31 @@ struct ShippedRecipeTests {
     #expect(try !trainsVision("demo-2-instruct"))
   }
 }
+
+@Suite("Hardening")
+struct HardeningTests {
+  /// A killed run's temporary folders go at the next start; a live process's stay.
+  @Test func staleTemporariesAreRemoved() throws {
+    let out = tempDir("stale")
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    let fm = FileManager.default
+    // PIDs above the kernel's maximum (4194304) never exist.
+    for name in [".step-000004.tmp-999999999", ".final.tmp-999999998", ".step-000002.tmp-999999997.old", ".step-000006.tmp-\(getpid())", "step-000002"] {
+      try fm.createDirectory(atPath: out + "/" + name, withIntermediateDirectories: true)
+    }
+    #expect(Checkpoint.removeStaleTemporaries(in: out) == [".final.tmp-999999998", ".step-000002.tmp-999999997.old", ".step-000004.tmp-999999999"])
+    #expect(Set(try fm.contentsOfDirectory(atPath: out)) == [".step-000006.tmp-\(getpid())", "step-000002"])
+  }
+
+  @Test func recipesWithBOMCRLFOrDeepNesting() throws {
+    let r = try Recipe.parse("\u{FEFF}stage: align\r\nbatch_size: 3\r\ndata:\r\n  sources:\r\n    - shards: a.tar\r\n", file: "win.yaml")
+    #expect(r.batchSize == 3 && r.data.sources[0].shards == "a.tar")
+    let deep = "data: " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000) + "\n"
+    do {
+      _ = try Recipe.parse(deep, file: "deep.yaml")
+      Issue.record("a recipe 100,000 levels deep was accepted")
+    } catch let e as RecipeError {
+      #expect(e.file == "deep.yaml" && e.message.contains("nested more than 64"))
+    }
+  }
+}
