@@ -39,3 +39,38 @@ public enum DataError: Error, CustomStringConvertible, Sendable, Equatable {
     }
   }
 }
+
+/// Reads a text file a user gave: a byte-order mark is dropped, Windows line ends become `\n`,
+/// and bytes that are not UTF-8 are an error naming the file, the line and the byte offset.
+public func readUserText(_ path: String) throws -> String {
+  guard let data = FileManager.default.contents(atPath: path) else {
+    throw DataError.invalid("\(path): cannot read the file (check the path and permissions)")
+  }
+  var bytes = [UInt8](data)
+  if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
+  guard let text = String(validating: bytes, as: UTF8.self) else {
+    let bad = firstInvalidUTF8(bytes)
+    let line = bytes[0..<bad].filter { $0 == 0x0A }.count + 1
+    throw DataError.invalid(String(format: "%@:%d: not UTF-8 text (byte 0x%02X at offset %d); save the file as UTF-8", path, line, bytes[bad], bad))
+  }
+  return text.contains("\r\n") ? text.replacingOccurrences(of: "\r\n", with: "\n") : text
+}
+
+/// Offset of the first byte that does not start a well-formed UTF-8 sequence (overlong forms,
+/// surrogates and values past U+10FFFF included).
+func firstInvalidUTF8(_ b: [UInt8]) -> Int {
+  var i = 0
+  while i < b.count {
+    let lead = b[i]
+    let (count, lowest): (Int, UInt32) = lead < 0x80 ? (1, 0) : lead >= 0xC2 && lead < 0xE0 ? (2, 0x80) : lead >= 0xE0 && lead < 0xF0 ? (3, 0x800) : lead >= 0xF0 && lead < 0xF5 ? (4, 0x10000) : (0, 0)
+    guard count > 0, i + count <= b.count else { return i }
+    var value = UInt32(lead) & (count == 1 ? 0x7F : count == 2 ? 0x1F : count == 3 ? 0x0F : 0x07)
+    for k in 1..<count {
+      guard b[i + k] & 0xC0 == 0x80 else { return i }
+      value = value << 6 | UInt32(b[i + k] & 0x3F)
+    }
+    if value < lowest || value > 0x10FFFF || (0xD800...0xDFFF).contains(value) { return i }
+    i += count
+  }
+  return b.count
+}

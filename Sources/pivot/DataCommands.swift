@@ -73,7 +73,7 @@ extension Shards {
 
     func readEntries() throws -> [Entry] {
       if let captions {
-        let text = try String(contentsOfFile: captions, encoding: .utf8)
+        let text = try readUserText(captions)
         var entries: [Entry] = []
         let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map {
           $0.hasSuffix("\r") ? String($0.dropLast()) : String($0)
@@ -116,10 +116,15 @@ extension Shards {
         return entries
       }
       let path = llava!
-      guard
-        let list = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path)))
-          as? [[String: Any]]
-      else { throw ValidationError("\(path): expected a JSON list of {id, image, conversations}") }
+      let parsed: Any
+      do {
+        parsed = try JSONSerialization.jsonObject(with: Data(try readUserText(path).utf8))
+      } catch let e as DataError {
+        throw e
+      } catch {
+        throw ValidationError("\(path): not valid JSON (\((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"))")
+      }
+      guard let list = parsed as? [[String: Any]] else { throw ValidationError("\(path): expected a JSON list of {id, image, conversations}") }
       return try list.enumerated().map { index, record in
         guard record["conversations"] is [Any] else {
           throw ValidationError("\(path): record \(index) has no 'conversations' list")

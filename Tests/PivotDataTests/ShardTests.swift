@@ -297,3 +297,23 @@ import Testing
     }
   }
 }
+
+@Suite("User text files")
+struct UserTextTests {
+  @Test func bomCRLFAndInvalidUTF8() throws {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("pivot-text-\(getpid()).tsv").path
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    try Data([0xEF, 0xBB, 0xBF] + Array("a.jpg\t猫\r\nb.jpg\tdog\r\n".utf8)).write(to: URL(fileURLWithPath: path))
+    #expect(try readUserText(path) == "a.jpg\t猫\nb.jpg\tdog\n")
+    try Data(Array("ok line\nsecond \u{4E2D}".utf8) + [0xC3, 0x28] + Array(" tail\n".utf8)).write(to: URL(fileURLWithPath: path))
+    do {
+      _ = try readUserText(path)
+      Issue.record("invalid UTF-8 was accepted")
+    } catch {
+      #expect("\(error)".contains("\(path):2: not UTF-8 text (byte 0xC3 at offset 18)"), "\(error)")
+    }
+    #expect(firstInvalidUTF8([0xE0, 0x80, 0x80]) == 0, "overlong")
+    #expect(firstInvalidUTF8([0x41, 0xED, 0xA0, 0x80]) == 1, "surrogate")
+    #expect(firstInvalidUTF8(Array("中文".utf8)) == 6)
+  }
+}
