@@ -33,9 +33,12 @@ extension DecoderLM {
       var out: [[Float]] = []
       out.reserveCapacity(candidates.count)
       let first = logSoftmaxRows(logits(reshape(lastHidden, [1, c])), rows: 1, vocab: v)  // (1, V)
+      // Batches of similar lengths: padding is compute spent on nothing.
+      let order = candidates.indices.sorted { candidates[$0].count < candidates[$1].count }
+      var byOrder: [[Float]] = []
       var start = 0
-      while start < candidates.count {
-        let group = Array(candidates[start..<min(start + batch, candidates.count)])
+      while start < order.count {
+        let group = order[start..<min(start + batch, order.count)].map { candidates[$0] }
         start += group.count
         let longest = group.map(\.count).max() ?? 0
         var scores = group.map { ids in ids.isEmpty ? [Float]() : [first[Int(ids[0])]] }
@@ -61,15 +64,30 @@ extension DecoderLM {
           var offset = 0
           while offset < rows.count {
             let part = Array(rows[offset..<min(offset + block, rows.count)])
-            let lp = logSoftmaxRows(logits(gatherRows(h, rows: part)), rows: part.count, vocab: v)
-            for (i, t) in targets[offset..<(offset + part.count)].enumerated() { scores[t.candidate].append(lp[i * v + Int(t.token)]) }
+            let lp = targetLogProbs(logits(gatherRows(h, rows: part)), targets: targets[offset..<(offset + part.count)].map(\.token), vocab: v)
+            for (i, t) in targets[offset..<(offset + part.count)].enumerated() { scores[t.candidate].append(lp[i]) }
             offset += part.count
           }
         }
-        out += scores
+        byOrder += scores
       }
+      out = [[Float]](repeating: [], count: candidates.count)
+      for (k, index) in order.enumerated() { out[index] = byOrder[k] }
       return out
     }
+  }
+}
+
+/// log p(target) for each row of logits (N, V): the row's log-sum-exp (float64 sums) only.
+func targetLogProbs(_ logits: Tensor, targets: [Int32], vocab v: Int) -> [Float] {
+  let p = logits.ptr
+  return targets.enumerated().map { r, target in
+    let row = p + r * v
+    var mx = -Float.infinity
+    for i in 0..<v where row[i] > mx { mx = row[i] }
+    var total = 0.0
+    for i in 0..<v { total += Double(expf(row[i] - mx)) }
+    return row[Int(target)] - mx - Float(Foundation.log(total))
   }
 }
 

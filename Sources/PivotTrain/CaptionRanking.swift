@@ -85,6 +85,8 @@ public enum CaptionRankEvaluation {
           for (lang, text) in obj["captions"] as? [String: String] ?? [:] { captions[lang] = text }
           for (lang, list) in obj["candidates"] as? [String: [String]] ?? [:] { candidates[lang] = list }
         }
+        // A plain `txt` beside language fields is the loss's copy of one of them, not a language.
+        if captions.count > 1 { captions["txt"] = nil }
         guard !captions.isEmpty else { continue }
         out.append(Item(key: s.key, image: image, captions: captions, candidates: candidates))
         if let limit, out.count >= limit { return out }
