@@ -61,6 +61,20 @@ struct ConfigCheck {
   }
   mutating func require(_ ok: Bool, _ message: String) { if !ok { problems.append(message) } }
 
+  /// What every ViT config must satisfy (CLIP's and DINOv2's keys are the same).
+  mutating func visionTower(hidden: Int, layers: Int, heads: Int, channels: Int, image: Int, patch: Int, act: String, eps: Float) {
+    size("hidden_size", hidden, max: 16384)
+    size("num_hidden_layers", layers, max: 256)
+    size("num_attention_heads", heads, max: 1024)
+    divides("num_attention_heads", heads, "hidden_size", hidden)
+    require(channels == 3, "'num_channels' is \(channels): Pivot feeds RGB images (3)")
+    size("image_size", image, max: 4096)
+    size("patch_size", patch, max: 4096)
+    require(patch <= image, "'patch_size' \(patch) is larger than 'image_size' \(image)")
+    oneOf("hidden_act", act, knownActivations)
+    positive("layer_norm_eps", eps)
+  }
+
   func done() throws {
     guard !problems.isEmpty else { return }
     throw ModelLoadError(file: file, reason: "invalid configuration:\n" + problems.map { "  - \($0)" }.joined(separator: "\n"),
@@ -103,17 +117,9 @@ public struct CLIPVisionConfig: Sendable, Equatable {
     initializerRange = try r.float("initializer_range", 0.02)
     initializerFactor = try r.float("initializer_factor", 1)
     var check = ConfigCheck(file: r.file)
-    check.size("hidden_size", hiddenSize, max: 16384)
     check.size("intermediate_size", intermediateSize, max: 131072)
-    check.size("num_hidden_layers", numHiddenLayers, max: 256)
-    check.size("num_attention_heads", numAttentionHeads, max: 1024)
-    check.divides("num_attention_heads", numAttentionHeads, "hidden_size", hiddenSize)
-    check.require(numChannels == 3, "'num_channels' is \(numChannels): Pivot feeds RGB images (3)")
-    check.size("image_size", imageSize, max: 4096)
-    check.size("patch_size", patchSize, max: 4096)
-    check.require(patchSize <= imageSize, "'patch_size' \(patchSize) is larger than 'image_size' \(imageSize)")
-    check.oneOf("hidden_act", hiddenAct, knownActivations)
-    check.positive("layer_norm_eps", layerNormEps)
+    check.visionTower(hidden: hiddenSize, layers: numHiddenLayers, heads: numAttentionHeads, channels: numChannels,
+                      image: imageSize, patch: patchSize, act: hiddenAct, eps: layerNormEps)
     try check.done()
   }
   public var json: [String: Any] {
@@ -149,17 +155,9 @@ public struct Dinov2Config: Sendable, Equatable {
     useSwigluFfn = r.bool("use_swiglu_ffn", false)
     if useSwigluFfn { throw ModelLoadError(file: r.file, reason: "use_swiglu_ffn is not supported", hint: "Pivot runs the ViT-S/B/L DINOv2 variants") }
     var check = ConfigCheck(file: r.file)
-    check.size("hidden_size", hiddenSize, max: 16384)
-    check.size("num_hidden_layers", numHiddenLayers, max: 256)
-    check.size("num_attention_heads", numAttentionHeads, max: 1024)
-    check.divides("num_attention_heads", numAttentionHeads, "hidden_size", hiddenSize)
     check.size("mlp_ratio", mlpRatio, max: 64)
-    check.require(numChannels == 3, "'num_channels' is \(numChannels): Pivot feeds RGB images (3)")
-    check.size("image_size", imageSize, max: 4096)
-    check.size("patch_size", patchSize, max: 4096)
-    check.require(patchSize <= imageSize, "'patch_size' \(patchSize) is larger than 'image_size' \(imageSize)")
-    check.oneOf("hidden_act", hiddenAct, knownActivations)
-    check.positive("layer_norm_eps", layerNormEps)
+    check.visionTower(hidden: hiddenSize, layers: numHiddenLayers, heads: numAttentionHeads, channels: numChannels,
+                      image: imageSize, patch: patchSize, act: hiddenAct, eps: layerNormEps)
     try check.done()
   }
   public var json: [String: Any] {
