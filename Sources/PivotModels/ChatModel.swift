@@ -194,8 +194,8 @@ public struct ChatModelConfig: Sendable {
       throw ModelLoadError(file: path, reason: "not a Pivot chat-model config (format != pivot-chat-model)")
     }
     let r = ConfigReader(dict: d, file: path)
-    let bridgeName = r.string("bridge", "qformer")
-    guard let bridge = BridgeKind(rawValue: bridgeName) else {
+    let bridgeName = d["bridge"].map { "\($0)" } ?? "qformer"
+    guard d["bridge"] == nil || d["bridge"] is String, let bridge = BridgeKind(rawValue: bridgeName) else {
       throw ModelLoadError(file: path, reason: "unknown bridge '\(bridgeName)'", hint: "qformer or mlp")
     }
     guard let v = d["vision"] as? [String: Any], let l = d["decoder"] as? [String: Any] else {
@@ -222,12 +222,16 @@ public struct ChatModelConfig: Sendable {
       mlp.hiddenAct = m.string("projector_hidden_act", "gelu")
       mlp.initializerRange = try m.float("initializer_range", 0.02)
     }
+    let captionFormat = d["caption_format"] ?? "chat"
+    guard let captionFormat = captionFormat as? String, ["chat", "plain"].contains(captionFormat) else {
+      throw ModelLoadError(file: path, reason: "caption_format is \(captionFormat): must be \"chat\" or \"plain\"")
+    }
     let config = ChatModelConfig(
       vision: vision, bridge: bridge, qformer: qformer, mlp: mlp, decoder: decoder,
       numQueryTokens: bridge == .qformer ? try r.int("num_query_tokens") : 0,
       imageSize: try r.int("image_size", vision.imageSize), featureLayer: try r.int("feature_layer", -1),
       imageTokenId: Int32(try r.int("image_token_id", 0)), chatTemplate: r.string("chat_template", "chatml"),
-      captionFormat: r.string("caption_format", "chat"))
+      captionFormat: captionFormat)
     try config.validateBridge(file: path)
     return config
   }

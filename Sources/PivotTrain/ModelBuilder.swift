@@ -75,6 +75,9 @@ public enum ModelBuilder {
     var bertInit: (weights: [String: Tensor], table: [(qformer: String, bert: String)], bertKeys: [String])?
     if let qi = m.qformerInit {
       if m.qformer != nil || m.qformerConfig != nil { throw fail("model.qformer_init", "give model.qformer_init or model.qformer/qformer_config, not both") }
+      guard FileManager.default.fileExists(atPath: (qi as NSString).appendingPathComponent("config.json")) else {
+        throw fail("model.qformer_init", "\(qi) is not a BERT-style encoder folder (no config.json there)")
+      }
       var shape = try BertEncoderConfig.read(qi).qformerConfig(crossAttentionFrequency: q.crossAttentionFrequency, encoderHiddenSize: visionConfig.hiddenSize)
       if let layers = m.qformerLayers { shape.numHiddenLayers = layers }
       q = shape

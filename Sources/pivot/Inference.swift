@@ -235,7 +235,7 @@ struct Caption: ParsableCommand {
   @Option(help: "Shard pattern, e.g. data/pairs-{000000..000009}.tar.zst") var shards: String
   @Option(help: "Output JSONL.") var out: String
   @Option(help: "The instruction given with each image.") var prompt = "Describe the image."
-  @Option(help: "The sample field written as each record's reference (txt, en.txt, zh.txt, …).") var referenceField = "txt"
+  @Option(help: "The sample field written as each record's reference (en.txt, zh.txt, …); default: txt where a sample has one.") var referenceField: String?
   @Option(help: "chat (the chat template with --prompt), plain (the image alone, LLaVA's stage-1 format), or auto (what the model was last trained on).") var format = "auto"
   @Option(help: "Worker threads.") var threads = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Weights: auto (the checkpoint's own precision), fp32, or bf16.") var dtype = "auto"
@@ -257,7 +257,7 @@ struct Caption: ParsableCommand {
     let bar = ProgressBar(label: "caption", total: nil, unit: "images")
     var n = 0
     let counts = try forEachSample(shards) { s in
-      guard let jpeg = s.first(of: ["jpg", "jpeg", "png"]), let image = a.image else { return }
+      guard let jpeg = s.first(of: SampleFields().image), let image = a.image else { return }
       let t = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
       do { try image.process(jpeg: jpeg, key: s.key, into: t.ptr) } catch { eprint("\(s.url): \(s.key): \(error)"); return }
       let ids = plain
@@ -265,7 +265,11 @@ struct Caption: ParsableCommand {
         : try a.reply([ChatMessage(role: "user", content: "<image>\n\(prompt)")], pixels: t, options: sampling.generation, stopStrings: sampling.stop) { _ in }.ids
       let text = a.tokenizer.decode(ids, skipSpecialTokens: true).trimmingCharacters(in: .whitespacesAndNewlines)
       var record: [String: Any] = ["key": s.key, "caption": text]
-      if let ref = s.first(of: [referenceField]) { record["reference"] = String(decoding: ref, as: UTF8.self) }
+      if let ref = s.first(of: [referenceField ?? "txt"]) {
+        record["reference"] = String(decoding: ref, as: UTF8.self)
+      } else if let referenceField {
+        throw ValidationError("\(s.url): sample \(s.key) has no '\(referenceField)' field for --reference-field (fields: \(s.fields.map(\.name).joined(separator: ", ")))")
+      }
       handle.write(try JSONSerialization.data(withJSONObject: record, options: [.sortedKeys, .withoutEscapingSlashes]))
       handle.write("\n".data(using: .utf8)!)
       n += 1
