@@ -30,9 +30,7 @@ extension DecoderLM {
     precondition(prefix.batch == 1, "the shared prefix is one row")
     let c = config.hiddenSize, v = config.vocabSize
     return noGrad {
-      var out: [[Float]] = []
-      out.reserveCapacity(candidates.count)
-      let first = logSoftmaxRows(logits(reshape(lastHidden, [1, c])), rows: 1, vocab: v)  // (1, V)
+      let first = logSoftmax(logits(reshape(lastHidden, [1, c])))  // (1, V): every candidate's first token
       // Batches of similar lengths: padding is compute spent on nothing.
       let order = candidates.indices.sorted { candidates[$0].count < candidates[$1].count }
       var byOrder: [[Float]] = []
@@ -41,7 +39,7 @@ extension DecoderLM {
         let group = order[start..<min(start + batch, order.count)].map { candidates[$0] }
         start += group.count
         let longest = group.map(\.count).max() ?? 0
-        var scores = group.map { ids in ids.isEmpty ? [Float]() : [first[Int(ids[0])]] }
+        var scores = group.map { ids in ids.isEmpty ? [Float]() : [first.ptr[Int(ids[0])]] }
         // Tokens 1..<n of each candidate are predicted at positions 0..<n-1 of its continuation.
         let steps = longest - 1
         if steps > 0 {
@@ -71,7 +69,7 @@ extension DecoderLM {
         }
         byOrder += scores
       }
-      out = [[Float]](repeating: [], count: candidates.count)
+      var out = [[Float]](repeating: [], count: candidates.count)
       for (k, index) in order.enumerated() { out[index] = byOrder[k] }
       return out
     }
@@ -89,22 +87,6 @@ func targetLogProbs(_ logits: Tensor, targets: [Int32], vocab v: Int) -> [Float]
     for i in 0..<v { total += Double(expf(row[i] - mx)) }
     return row[Int(target)] - mx - Float(Foundation.log(total))
   }
-}
-
-/// Row-wise log-softmax of logits (N, V), in float64 sums.
-public func logSoftmaxRows(_ logits: Tensor, rows n: Int, vocab v: Int) -> [Float] {
-  var out = [Float](repeating: 0, count: n * v)
-  let p = logits.ptr
-  for r in 0..<n {
-    let row = p + r * v
-    var mx = -Float.infinity
-    for i in 0..<v where row[i] > mx { mx = row[i] }
-    var total = 0.0
-    for i in 0..<v { total += Double(expf(row[i] - mx)) }
-    let lse = mx + Float(Foundation.log(total))
-    for i in 0..<v { out[r * v + i] = row[i] - lse }
-  }
-  return out
 }
 
 /// Ranks each image's candidate captions by their log-likelihood (LAVIS and BLIP-2 rank

@@ -73,7 +73,7 @@ public enum CaptionRankEvaluation {
     for path in try ShardList.expand(shards) {
       let reader = try ShardSampleReader(path: path)
       while let item = try reader.next() {
-        guard case .sample(let s) = item, let image = s.first(of: ["jpg", "jpeg", "png"]) else { continue }
+        guard case .sample(let s) = item, let image = s.first(of: SampleFields().image) else { continue }
         var captions: [String: String] = [:]
         var candidates: [String: [String]] = [:]
         for f in s.fields where f.name == "txt" || f.name.hasSuffix(".txt") {

@@ -164,7 +164,7 @@ extension Shards {
             continue
           }
           let bytes = [UInt8](data)
-          let isPNG = bytes.starts(with: [0x89, 0x50, 0x4E, 0x47])
+          let isPNG = ImageFormat.detect(bytes) == .png
           if !noCheck {
             do { _ = isPNG ? try PNG.header(bytes, key: key).width : try JPEG.header(bytes, key: key).width } catch {
               skipped.append("\(key) (\(image)): \(error)")

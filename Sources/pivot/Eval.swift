@@ -129,7 +129,7 @@ struct Eval: ParsableCommand {
         let questions = obj["questions"] as? [[String: String]]
       else { return }
       var pixels: Tensor? = nil
-      if let jpeg = s.first(of: ["jpg", "jpeg", "png"]), let image = a.image {
+      if let jpeg = s.first(of: SampleFields().image), let image = a.image {
         let t = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
         try image.process(jpeg: jpeg, key: s.key, into: t.ptr)
         pixels = t

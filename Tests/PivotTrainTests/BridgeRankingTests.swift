@@ -87,10 +87,10 @@ struct BridgeRankingTests {
     for (k, cand) in candidates.enumerated() {
       let all = prompt + cand
       let logits = noGrad { lm.logits(reshape(lm.hiddenStates(lm.embed(all, shape: [1, all.count])), [all.count, c])) }
-      let lp = logSoftmaxRows(logits, rows: all.count, vocab: lm.config.vocabSize)
+      let lp = noGrad { logSoftmax(logits) }  // (T, V)
       #expect(got[k].count == cand.count)
       for (j, token) in cand.enumerated() {
-        let want = lp[(prompt.count - 1 + j) * lm.config.vocabSize + Int(token)]
+        let want = lp.ptr[(prompt.count - 1 + j) * lm.config.vocabSize + Int(token)]
         #expect(abs(got[k][j] - want) < 1e-4, "candidate \(k) token \(j): \(got[k][j]) vs \(want)")
       }
     }
