@@ -98,13 +98,21 @@ public struct CaptionRanking: Sendable {
     case sum
     /// The same, divided by the candidate's token count.
     case mean
+    /// Pointwise mutual information: the sum less the candidate's log-likelihood given the prompt
+    /// without the image, so a short, common caption gains nothing from being likely anyway.
+    case pmi
   }
 
-  /// Scores of every candidate for one prefix.
-  public static func scores(_ logProbs: [[Float]], _ score: Score) -> [Double] {
-    logProbs.map { lp in
+  /// Scores of every candidate for one prefix; `priors` (one per candidate) only for `.pmi`.
+  public static func scores(_ logProbs: [[Float]], _ score: Score, priors: [Double]? = nil) -> [Double] {
+    precondition(score != .pmi || priors?.count == logProbs.count, "PMI needs one prior per candidate")
+    return logProbs.enumerated().map { i, lp in
       let total = lp.reduce(0.0) { $0 + Double($1) }
-      return score == .sum ? total : total / Double(max(lp.count, 1))
+      switch score {
+      case .sum: return total
+      case .mean: return total / Double(max(lp.count, 1))
+      case .pmi: return total - priors![i]
+      }
     }
   }
 

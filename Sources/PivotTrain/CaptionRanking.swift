@@ -125,9 +125,45 @@ public enum CaptionRankEvaluation {
       tokenCache[key] = t
       return t
     }
+    let lm = model.languageModel
+    // The prompt's keys, values and last hidden state, with the image's soft tokens in its slot;
+    // without `soft`, the prompt alone (no slot): what PMI subtracts.
+    func prefixState(_ lang: String, soft: Tensor?) throws -> (KVCache, Tensor) {
+      let count = soft == nil ? 0 : n
+      let ids: [Int32]
+      let start: Int
+      if plain {
+        let p = ChatSampleEncoder.plainPrefix(template.tokenizer, placeholder: template.imagePlaceholderID ?? model.config.imageTokenId, imageTokens: count)
+        ids = p.ids
+        start = p.slot.lowerBound
+      } else {
+        let content = soft == nil ? settings.prompt(lang) : "\(template.imageMarker)\n\(settings.prompt(lang))"
+        let r = try template.render(messages: [ChatMessage(role: "user", content: content)], imageTokenCount: count, addGenerationPrompt: true)
+        ids = r.ids
+        start = r.imageSlot?.lowerBound ?? 0
+      }
+      guard !ids.isEmpty else { throw DataError.invalid("caption ranking: the \(settings.format) prompt for '\(lang)' has no tokens to condition on") }
+      return noGrad {
+        var x = lm.embed(ids, shape: [1, ids.count])
+        if let soft { x = scatterRows(x, rows: (0..<n).map { start + $0 }, from: reshape(soft, [n, lm.config.hiddenSize])) }
+        let cache = KVCache(config: lm.config, capacity: ids.count)
+        let h = lm.hiddenStates(x, cache: cache)  // (1, T, C)
+        return (cache, slice(reshape(h, [ids.count, lm.config.hiddenSize]), axis: 0, (ids.count - 1)..<ids.count))
+      }
+    }
+    // PMI: each candidate's log-likelihood without the image, once per language and candidate.
+    var priors: [String: [String: Double]] = [:]
+    if settings.score == .pmi {
+      for (lang, pool) in pools {
+        var texts = pool
+        for s in samples { for c in s.candidates[lang] ?? [] where !texts.contains(c) { texts.append(c) } }
+        let p = try prefixState(lang, soft: nil)
+        let lp = lm.continuationLogProbs(prefix: p.0, lastHidden: p.1, candidates: try texts.map { try tokens($0, lang) }, batch: settings.batch)
+        priors[lang] = Dictionary(uniqueKeysWithValues: zip(texts, lp.map { $0.reduce(0.0) { $0 + Double($1) } }))
+      }
+    }
     var result = CaptionRankResult()
     for (lang, pool) in pools { result.tallies[lang] = RankTally(candidates: pool.count) }
-    let lm = model.languageModel
     let pixels = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
     for (done, s) in samples.enumerated() {
       try image.process(jpeg: s.image, key: s.key, into: pixels.ptr)
@@ -141,30 +177,12 @@ public enum CaptionRankEvaluation {
         if plain, let p = plainPrefix {
           prefix = p
         } else {
-          let ids: [Int32]
-          let start: Int
-          if plain {
-            let p = ChatSampleEncoder.plainPrefix(template.tokenizer, placeholder: template.imagePlaceholderID ?? model.config.imageTokenId, imageTokens: n)
-            ids = p.ids
-            start = p.slot.lowerBound
-          } else {
-            let r = try template.render(messages: [ChatMessage(role: "user", content: "\(template.imageMarker)\n\(settings.prompt(lang))")],
-                                        imageTokenCount: n, addGenerationPrompt: true)
-            ids = r.ids
-            start = r.imageSlot?.lowerBound ?? 0
-          }
-          prefix = noGrad {
-            let text = lm.embed(ids, shape: [1, ids.count])
-            let x = scatterRows(text, rows: (0..<n).map { start + $0 }, from: reshape(soft, [n, lm.config.hiddenSize]))
-            let cache = KVCache(config: lm.config, capacity: ids.count)
-            let h = lm.hiddenStates(x, cache: cache)  // (1, T, C)
-            return (cache, slice(reshape(h, [ids.count, lm.config.hiddenSize]), axis: 0, (ids.count - 1)..<ids.count))
-          }
+          prefix = try prefixState(lang, soft: soft)
           if plain { plainPrefix = prefix }
         }
         let candidateTokens = try list.map { try tokens($0, lang) }
         let logProbs = lm.continuationLogProbs(prefix: prefix.0, lastHidden: prefix.1, candidates: candidateTokens, batch: settings.batch)
-        let scores = CaptionRanking.scores(logProbs, settings.score)
+        let scores = CaptionRanking.scores(logProbs, settings.score, priors: priors[lang].map { p in list.map { p[$0]! } })
         let correct = list.firstIndex(of: reference)!
         let rank = CaptionRanking.rank(of: correct, in: scores)
         result.tallies[lang]!.add(rank)

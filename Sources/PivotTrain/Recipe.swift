@@ -82,6 +82,8 @@ public struct Recipe: Sendable, Codable {
     public var rankShards: String?
     public var rankImages: Int?
     public var rankPrompts: [String: String] = [:]
+    /// How candidates are scored: sum, mean or pmi (`CaptionRanking.Score`).
+    public var rankScore = "sum"
     public var augment: Augment?
   }
   /// Training-time image augmentation (`data.augment`), seeded from the data cursor.
@@ -248,7 +250,7 @@ public struct Recipe: Sendable, Codable {
       case "data":
         for (k, v) in try y.mapping(value, "data", allowed: [
           "sources", "eval_shards", "max_length", "shuffle_buffer", "max_bad_fraction", "caption_prompt", "caption_format", "workers",
-          "rank_shards", "rank_images", "rank_prompts", "augment",
+          "rank_shards", "rank_images", "rank_prompts", "rank_score", "augment",
         ]) {
           let p = "data.\(k)"
           switch k {
@@ -281,6 +283,9 @@ public struct Recipe: Sendable, Codable {
               guard case .scalar(let lang) = lk else { throw y.error(lk, p, "language keys must be plain names") }
               r.data.rankPrompts[lang.string == "default" ? "" : lang.string] = try y.string(lv, "\(p).\(lang.string)")
             }
+          case "rank_score":
+            r.data.rankScore = try y.string(v, p)
+            guard ["sum", "mean", "pmi"].contains(r.data.rankScore) else { throw y.error(v, p, "must be sum, mean or pmi") }
           case "augment": r.data.augment = try y.augmentation(v, p)
           default: break
           }

@@ -136,6 +136,7 @@ public struct RunSetup {
     settings.format = recipe.stage == .instruct ? "chat" : recipe.data.captionFormat
     if !recipe.data.rankPrompts.isEmpty { settings.prompts = recipe.data.rankPrompts } else { settings.prompts = ["": recipe.data.captionPrompt] }
     settings.maxImages = recipe.data.rankImages
+    settings.score = CaptionRanking.Score(rawValue: recipe.data.rankScore) ?? .sum
     return { [template, image] in
       try CaptionRankEvaluation.run(model: chat, template: template, image: image, shards: shards, settings: settings).metrics
     }

@@ -24,14 +24,14 @@ struct Eval: ParsableCommand {
   @Flag(help: "Rank candidate captions for every image by their log-likelihood (top-1, top-5, mean rank per language, with chance).") var rank = false
   @Option(help: "With --rank: the caption format, chat (the template and --prompt) or plain (the image slot alone); auto: the model's.") var format = "auto"
   @Option(help: "With --rank: the instruction, as TEXT or LANG=TEXT (repeatable, e.g. 'zh=描述这张图片。').") var prompt: [String] = []
-  @Option(help: "With --rank: sum (log-likelihood) or mean (per token).") var score = "sum"
+  @Option(help: "With --rank: sum (log-likelihood), mean (per token) or pmi (the sum less the caption's log-likelihood without the image).") var score = "sum"
   @Option(help: "With --rank: rank only the first N images.") var maxImages: Int?
   @Option(help: "With --rank: candidates scored in one batch.") var rankBatch = 16
   @Option(help: "With --rank: write each image's rank and top-5 candidates to this JSON Lines file.") var ranks: String?
 
   func validate() throws {
     guard ["auto", "chat", "plain"].contains(format) else { throw ValidationError("--format must be auto, chat or plain, not '\(format)'") }
-    guard CaptionRanking.Score(rawValue: score) != nil else { throw ValidationError("--score must be sum or mean, not '\(score)'") }
+    guard CaptionRanking.Score(rawValue: score) != nil else { throw ValidationError("--score must be sum, mean or pmi, not '\(score)'") }
     guard rankBatch >= 1 else { throw ValidationError("--rank-batch must be at least 1") }
     if let maxImages, maxImages < 1 { throw ValidationError("--max-images must be at least 1") }
     guard batchSize >= 1, maxLength >= 2 else { throw ValidationError("--batch-size must be ≥ 1 and --max-length ≥ 2") }

@@ -125,6 +125,7 @@ struct BridgeRankingTests {
     #expect(CaptionRanking.rank(of: 0, in: [0.5, 0.5, 0.3]) == 2, "a tie ranks ahead of the correct candidate")
     #expect(CaptionRanking.scores([[-1, -3], [-2]], .sum) == [-4, -2])
     #expect(CaptionRanking.scores([[-1, -3], [-2]], .mean) == [-2, -2])
+    #expect(CaptionRanking.scores([[-1, -3], [-2]], .pmi, priors: [-6, -1]) == [2, -1])
     var t = RankTally(candidates: 50)
     for r in [1, 1, 3, 7, 50] { t.add(r) }
     #expect(t.topK(1) == 0.4 && t.topK(5) == 0.6 && t.meanRank == 12.4)
@@ -132,9 +133,11 @@ struct BridgeRankingTests {
   }
 
   /// The ranker's ranks over a shard equal ranks computed by brute force: every candidate
-  /// scored by its own full forward (image + caption + end token, the training labels).
-  @Test(arguments: ["plain", "chat"]) func rankingEqualsBruteForce(format: String) throws {
-    let dir = tempDir("rank-\(format)")
+  /// scored by its own full forward (image + caption + end token, the training labels); for PMI
+  /// less a full forward of the prompt without the image and the same caption.
+  @Test(arguments: ["plain", "chat"], [CaptionRanking.Score.sum, .pmi])
+  func rankingEqualsBruteForce(format: String, score: CaptionRanking.Score) throws {
+    let dir = tempDir("rank-\(format)-\(score)")
     defer { try? FileManager.default.removeItem(atPath: dir) }
     try TinyImageWorld.write(dir)
     let setup = try RunSetup(recipe: try Recipe.parse(TinyImageWorld.recipe(dir, bridge: "mlp", format: format), file: "rank.yaml"))
@@ -144,6 +147,7 @@ struct BridgeRankingTests {
     settings.format = format
     settings.prompts = ["": "describe the image", "zh": "描述这张图片"]
     settings.batch = 2
+    settings.score = score
     let result = try CaptionRankEvaluation.run(model: model, template: setup.template, image: setup.image,
                                                shards: dir + "/pairs.tar.zst", settings: settings)
     #expect(result.languages == ["en", "zh"], "txt beside en.txt and zh.txt is not a language of its own")
@@ -154,6 +158,22 @@ struct BridgeRankingTests {
       let encoder = ChatSampleEncoder(template: setup.template, imageTokenCount: model.imageTokenCount,
                                       captionPrompt: settings.prompt(lang), plainCaptions: format == "plain")
       let pool = TinyImageWorld.captions.map { lang == "en" ? $0.en : $0.zh }
+      // −Σ log p(caption | prompt alone): the ids without the image slot, the same labels.
+      let priors = try pool.map { caption -> Double in
+        guard score == .pmi else { return 0 }
+        let e: (ids: [Int32], labels: [Int32])
+        if format == "plain" {
+          let start = ChatSampleEncoder.plainPrefix(setup.template.tokenizer, placeholder: 0, imageTokens: 0).ids
+          let text = setup.template.tokenizer.encode(caption, addSpecialTokens: false) + [ChatSampleEncoder.plainCaptionEnd(setup.template.tokenizer)!]
+          e = (start + text, [Int32](repeating: ignoreLabel, count: start.count) + text)
+        } else {
+          let r = try setup.template.render(messages: [ChatMessage(role: "user", content: settings.prompt(lang)),
+                                                       ChatMessage(role: "assistant", content: caption)], imageTokenCount: 0)
+          e = (r.ids, r.labels)
+        }
+        let (loss, n) = noGrad { model.loss(ids: e.ids, labels: e.labels, batch: 1, length: e.ids.count, pixels: nil, imageStarts: [nil]) }
+        return -Double(loss.item) * Double(n)
+      }
       var expected: [Int] = []
       let reader = try ShardSampleReader(path: dir + "/pairs.tar.zst")
       var index = 0
@@ -167,7 +187,7 @@ struct BridgeRankingTests {
           }
           return -Double(loss.item) * Double(n)
         }
-        expected.append(CaptionRanking.rank(of: index, in: scores))
+        expected.append(CaptionRanking.rank(of: index, in: zip(scores, priors).map { $0 - $1 }))
         index += 1
       }
       #expect(result.tallies[lang]!.ranks == expected, "\(lang): \(result.tallies[lang]!.ranks) vs brute force \(expected)")
