@@ -84,7 +84,14 @@ public final class ChatModel: Module, @unchecked Sendable {
   /// Soft tokens (B, N, D) from vision features (B, S, Dv): the Q-Former over the learned
   /// queries, then the projection; or the patch rows (class token dropped, LLaVA's `default`
   /// selection), average-pooled over the grid when configured, then the MLP.
+  /// The bridge's products stay float32 under `matmul: bf16`: its updates (about lr per element,
+  /// ~0.1% of a weight) are below bfloat16's resolution (0.4%), so rounded weights would hide
+  /// most steps' changes; it is about 1% of a step's products.
   public func softTokens(imageFeatures features: Tensor) -> Tensor {
+    MatmulPrecision.with(.float32) { bridgeForward(features) }
+  }
+
+  func bridgeForward(_ features: Tensor) -> Tensor {
     let b = features.shape[0]
     switch config.bridge {
     case .qformer:

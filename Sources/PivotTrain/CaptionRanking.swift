@@ -29,6 +29,8 @@ public struct CaptionRankSettings: Sendable {
 
 public struct CaptionRankResult: Sendable {
   public var tallies: [String: RankTally] = [:]
+  /// With PMI scoring, the same candidates ranked by the plain sum as well (what PMI corrects).
+  public var sumTallies: [String: RankTally] = [:]
   /// One record per (image, language): key, rank, the reference and the top candidates.
   public var records: [[String: String]] = []
   public var languages: [String] { tallies.keys.sorted() }
@@ -44,15 +46,20 @@ public struct CaptionRankResult: Sendable {
       m["rank_chance_top1_\(lang)"] = t.chanceTopK(1)
       m["rank_chance_top5_\(lang)"] = t.chanceTopK(5)
     }
+    for (lang, t) in sumTallies {
+      m["rank_top1_\(lang)_sum"] = t.topK(1)
+      m["rank_top5_\(lang)_sum"] = t.topK(5)
+      m["rank_mean_\(lang)_sum"] = t.meanRank
+    }
     return m
   }
 
   public var table: String {
     var lines = ["| language | images | candidates | top-1 | top-5 | mean rank | chance top-1 | chance top-5 | chance mean rank |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for lang in languages {
-      let t = tallies[lang]!
-      lines.append(String(format: "| %@ | %d | %d | %.1f%% | %.1f%% | %.1f | %.1f%% | %.1f%% | %.1f |", lang, t.count, t.candidates,
+    let rows = languages.flatMap { lang in [(lang, tallies[lang]!)] + (sumTallies[lang].map { [("\(lang) (sum)", $0)] } ?? []) }
+    for (label, t) in rows {
+      lines.append(String(format: "| %@ | %d | %d | %.1f%% | %.1f%% | %.1f | %.1f%% | %.1f%% | %.1f |", label, t.count, t.candidates,
                           100 * t.topK(1), 100 * t.topK(5), t.meanRank, 100 * t.chanceTopK(1), 100 * t.chanceTopK(5), t.chanceMeanRank))
     }
     return lines.joined(separator: "\n")
@@ -163,7 +170,10 @@ public enum CaptionRankEvaluation {
       }
     }
     var result = CaptionRankResult()
-    for (lang, pool) in pools { result.tallies[lang] = RankTally(candidates: pool.count) }
+    for (lang, pool) in pools {
+      result.tallies[lang] = RankTally(candidates: pool.count)
+      if settings.score == .pmi { result.sumTallies[lang] = RankTally(candidates: pool.count) }
+    }
     let pixels = Tensor(empty: [1, 3, image.cropHeight, image.cropWidth])
     for (done, s) in samples.enumerated() {
       try image.process(jpeg: s.image, key: s.key, into: pixels.ptr)
@@ -186,6 +196,7 @@ public enum CaptionRankEvaluation {
         let correct = list.firstIndex(of: reference)!
         let rank = CaptionRanking.rank(of: correct, in: scores)
         result.tallies[lang]!.add(rank)
+        if settings.score == .pmi { result.sumTallies[lang]!.add(CaptionRanking.rank(of: correct, in: CaptionRanking.scores(logProbs, .sum))) }
         let top = scores.indices.sorted { scores[$0] > scores[$1] }.prefix(5).map { list[$0] }
         result.records.append(["key": s.key, "lang": lang, "rank": "\(rank)", "candidates": "\(list.count)", "reference": reference,
                                "top5": top.joined(separator: " | ")])

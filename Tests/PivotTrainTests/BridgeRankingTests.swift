@@ -174,7 +174,7 @@ struct BridgeRankingTests {
         let (loss, n) = noGrad { model.loss(ids: e.ids, labels: e.labels, batch: 1, length: e.ids.count, pixels: nil, imageStarts: [nil]) }
         return -Double(loss.item) * Double(n)
       }
-      var expected: [Int] = []
+      var expected: [Int] = [], expectedSum: [Int] = []
       let reader = try ShardSampleReader(path: dir + "/pairs.tar.zst")
       var index = 0
       while let item = try reader.next() {
@@ -188,9 +188,11 @@ struct BridgeRankingTests {
           return -Double(loss.item) * Double(n)
         }
         expected.append(CaptionRanking.rank(of: index, in: zip(scores, priors).map { $0 - $1 }))
+        expectedSum.append(CaptionRanking.rank(of: index, in: scores))
         index += 1
       }
       #expect(result.tallies[lang]!.ranks == expected, "\(lang): \(result.tallies[lang]!.ranks) vs brute force \(expected)")
+      if score == .pmi { #expect(result.sumTallies[lang]!.ranks == expectedSum, "\(lang): sum ranks beside PMI") }
     }
   }
 
