@@ -66,9 +66,10 @@ struct Train: ParsableCommand {
           + (m.badSamples > 0 ? "  bad \(m.badSamples)" : ""))
       case .evaluated(let step, let loss): eprint(String(format: "\nstep %d: eval loss %.4f  perplexity %.2f", step, loss, Foundation.exp(loss)))
       case .ranked(let step, let m):
-        let langs = Set(m.keys.compactMap { $0.hasPrefix("rank_top1_") ? String($0.dropFirst(10)) : nil }).sorted()
+        // rank_top1_<lang> (the PMI ranks' sum counterparts are rank_top1_<lang>_sum)
+        let langs = Set(m.keys.compactMap { $0.hasPrefix("rank_chance_top1_") ? String($0.dropFirst(17)) : nil }).sorted()
         eprint("\nstep \(step): caption ranking " + langs.map { String(format: "%@ top-1 %.1f%% top-5 %.1f%% (chance %.1f%%)", $0,
-          100 * m["rank_top1_\($0)"]!, 100 * m["rank_top5_\($0)"]!, 100 * m["rank_chance_top1_\($0)"]!) }.joined(separator: ", "))
+          100 * (m["rank_top1_\($0)"] ?? 0), 100 * (m["rank_top5_\($0)"] ?? 0), 100 * (m["rank_chance_top1_\($0)"] ?? 0)) }.joined(separator: ", "))
       case .checkpoint(let step, let path): eprint("\nstep \(step): checkpoint \(path)")
       case .interrupted(let step): eprint("\ninterrupted at step \(step); resume with --resume \(trainer.lastCheckpoint ?? "")")
       }
