@@ -153,7 +153,8 @@ public final class DecoderLM: Module, @unchecked Sendable {
     let c = config, hs = c.resolvedHeadDim
     let a = layer.selfAttn
     let y = layer.inputLayernorm(h)
-    let stacked = GradMode.isEnabled ? nil : layer.qkv?(y)
+    // Stacked products (inference) only where no adapter adds to a projection.
+    let stacked = GradMode.isEnabled || a.qProj.hasAdapter || a.kProj.hasAdapter || a.vProj.hasAdapter ? nil : layer.qkv?(y)
     let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
     let q = rope(reshape(qLin, [b, t, c.numAttentionHeads, hs]), table: table)
     let k = rope(reshape(kLin, [b, t, c.numKeyValueHeads, hs]), table: table)
@@ -167,7 +168,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
     }
     let h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
     let z = layer.postAttentionLayernorm(h)
-    if !GradMode.isEnabled, let gateUp = layer.gateUp?(z) {
+    if !GradMode.isEnabled, !layer.mlp.gateProj.hasAdapter, !layer.mlp.upProj.hasAdapter, let gateUp = layer.gateUp?(z) {
       return h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
     }
     return h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))

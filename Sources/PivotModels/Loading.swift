@@ -185,11 +185,12 @@ extension ChatModel {
     return model
   }
 
-  /// Writes a Pivot model folder (atomically per file).
+  /// Writes a Pivot model folder (atomically per file). Adapters are merged into their
+  /// weights: the folder is a plain model.
   public func save(folder dir: String, dtype: SafeTensorsDType = .f32) throws {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     try writeJSON(config.json, to: (dir as NSString).appendingPathComponent("pivot_config.json"))
-    try writeSafeTensors(namedParameters(), to: URL(fileURLWithPath: dir).appendingPathComponent("model.safetensors"),
+    try writeSafeTensors(mergedParameters(), to: URL(fileURLWithPath: dir).appendingPathComponent("model.safetensors"),
                          metadata: ["format": "pt", "producer": "pivot"], dtype: dtype)
   }
 
@@ -200,18 +201,18 @@ extension ChatModel {
   /// of LlavaForConditionalGeneration, which `LlavaMultiModalProjector` loads).
   public func exportHF(to dir: String, tokenizerFile: String? = nil) throws {
     let fm = FileManager.default
-    var parts: [(String, [String: Any], [(String, Tensor)])] = [("vision", config.vision.json, visionTower.namedParameters())]
+    var parts: [(String, [String: Any], [(String, Tensor)])] = [("vision", config.vision.json, visionTower.mergedParameters())]
     if let qformer {
-      parts.append(("qformer", config.qformer.json.merging(["architectures": ["Blip2QFormerModel"]]) { a, _ in a }, qformer.namedParameters()))
+      parts.append(("qformer", config.qformer.json.merging(["architectures": ["Blip2QFormerModel"]]) { a, _ in a }, qformer.mergedParameters()))
     }
     if let multiModalProjector {
       let projectorConfig: [String: Any] = config.mlp.json.merging([
         "model_type": "llava_projector", "vision_hidden_size": config.vision.hiddenSize, "text_hidden_size": config.decoder.hiddenSize,
         "patch_grid": config.patchGrid, "vision_feature_select_strategy": "default",
       ]) { a, _ in a }
-      parts.append(("projector", projectorConfig, multiModalProjector.namedParameters(prefix: "multi_modal_projector")))
+      parts.append(("projector", projectorConfig, multiModalProjector.mergedParameters(prefix: "multi_modal_projector")))
     }
-    parts.append(("llm", config.decoder.json, languageModel.namedParameters()))
+    parts.append(("llm", config.decoder.json, languageModel.mergedParameters()))
     for (sub, cfg, params) in parts {
       let path = (dir as NSString).appendingPathComponent(sub)
       try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
@@ -219,7 +220,7 @@ extension ChatModel {
       try writeSafeTensors(params, to: URL(fileURLWithPath: path).appendingPathComponent("model.safetensors"), metadata: ["format": "pt"])
     }
     if let queryTokens, let languageProjection {
-      let projector = [("query_tokens", queryTokens)] + languageProjection.namedParameters(prefix: "language_projection")
+      let projector = [("query_tokens", queryTokens)] + languageProjection.mergedParameters(prefix: "language_projection")
       try writeSafeTensors(projector, to: URL(fileURLWithPath: dir).appendingPathComponent("qformer/projector.safetensors"), metadata: ["format": "pt"])
     }
     if let tokenizerFile {
@@ -280,6 +281,6 @@ extension DecoderLM {
   public func save(folder dir: String, dtype: SafeTensorsDType = .f32) throws {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     try writeJSON(config.json, to: (dir as NSString).appendingPathComponent("config.json"))
-    try writeSafeTensors(namedParameters(), to: URL(fileURLWithPath: dir).appendingPathComponent("model.safetensors"), metadata: ["format": "pt"], dtype: dtype)
+    try writeSafeTensors(mergedParameters(), to: URL(fileURLWithPath: dir).appendingPathComponent("model.safetensors"), metadata: ["format": "pt"], dtype: dtype)
   }
 }

@@ -1,10 +1,21 @@
 import Foundation
 import PivotTensor
 
-/// y = x Wᵀ + b, weight (out, in).
+/// y = x Wᵀ + b, weight (out, in); with a LoRA adapter, y + s · (x Aᵀ) Bᵀ (`LoRA.swift`).
 public final class Linear: Module, @unchecked Sendable {
   public let weight: Tensor
   public let bias: Tensor?
+  /// The adapter, under PEFT's names: `lora_A.weight` (r, in), `lora_B.weight` (out, r).
+  public internal(set) var loraA: Tensor?
+  public internal(set) var loraB: Tensor?
+  /// alpha / r (alpha / √r with rsLoRA), and the dropout probability on the adapter's input.
+  public internal(set) var loraScale: Float = 0
+  public internal(set) var loraDropout: Float = 0
+  /// Mixed with the step's seed for this layer's dropout mask (from its path, so order-free).
+  var loraSeed: UInt64 = 0
+
+  public override var keyOverrides: [String: String] { ["loraA": "lora_A.weight", "loraB": "lora_B.weight"] }
+  public var hasAdapter: Bool { loraA != nil }
 
   public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true, std: Float = 0.02, rng: inout PivotRNG) {
     weight = Tensor(empty: [outFeatures, inFeatures])
@@ -21,8 +32,9 @@ public final class Linear: Module, @unchecked Sendable {
   }
 
   public func callAsFunction(_ x: Tensor) -> Tensor {
-    if let w = weight.bf16Values { return linear(x, w, bias) }
-    return linear(x, weight, bias)
+    let y = weight.bf16Values.map { linear(x, $0, bias) } ?? linear(x, weight, bias)
+    guard let loraA, let loraB else { return y }
+    return y + adapterOutput(x, loraA, loraB)
   }
 }
 
@@ -39,9 +51,9 @@ public final class StackedLinear: @unchecked Sendable {
   public let inFeatures: Int
   public let outFeatures: [Int]
 
-  /// nil unless every layer is frozen, has the same input width and weight storage, and all or none have biases.
+  /// nil unless every layer is frozen without an adapter, has the same input width and weight storage, and all or none have biases.
   public init?(_ layers: [Linear]) {
-    guard let first = layers.first, layers.allSatisfy({ !$0.weight.requiresGrad && $0.bias?.requiresGrad != true }) else { return nil }
+    guard let first = layers.first, layers.allSatisfy({ !$0.weight.requiresGrad && $0.bias?.requiresGrad != true && !$0.hasAdapter }) else { return nil }
     let inF = first.weight.shape[1]
     let hasBias = first.bias != nil, half = first.weight.bf16Values != nil
     guard layers.allSatisfy({ $0.weight.shape[1] == inF && ($0.bias != nil) == hasBias && ($0.weight.bf16Values != nil) == half }) else { return nil }

@@ -11,12 +11,28 @@ public struct BuiltModel {
   public let tokenizerFolder: String?
   /// With `model.qformer_init`: where each Q-Former parameter came from (BERT or new).
   public var qformerInitTable: String? = nil
+  /// Linear paths that carry a LoRA adapter (`lora:`).
+  public var adapted: [String] = []
 }
 
 public enum ModelBuilder {
   /// `text` builds the decoder alone; `align`/`instruct` build the composed model, from a Pivot
   /// model folder, from HF folders, or from config files (random initialisation).
+  /// With `lora:`, the adapters are attached after the base weights load (their names are
+  /// not in the base files), so a checkpoint's adapters find their tensors on resume.
   public static func build(_ r: Recipe, hashBase: Bool = true) throws -> BuiltModel {
+    var built = try buildBase(r, hashBase: hashBase)
+    if let lora = r.lora {
+      do {
+        built.adapted = try built.model.attachLoRA(lora, seed: r.seed, source: r.file)
+      } catch let e as LoRAError {
+        throw RecipeError(file: r.file, line: nil, key: "lora.targets", message: e.reason)
+      }
+    }
+    return built
+  }
+
+  static func buildBase(_ r: Recipe, hashBase: Bool) throws -> BuiltModel {
     let m = r.model
     func refs(_ dirs: [String?]) throws -> [BaseReference] {
       guard hashBase else { return [] }

@@ -14,6 +14,14 @@ public enum LoadedModel {
 }
 
 public enum ModelLoader {
+  /// The recipe a checkpoint (or a recipe file) names, nil for model folders.
+  public static func recipe(of dir: String) -> Recipe? {
+    if dir.hasSuffix(".yaml") || dir.hasSuffix(".yml") { return try? Recipe.load(dir) }
+    guard let state = try? Checkpoint.readState(dir), var recipe = try? Recipe.parse(state.recipe, file: state.recipeFile) else { return nil }
+    recipe.file = state.recipeFile
+    return recipe
+  }
+
   /// One loader serves every kind of folder; the tokenizer folder is where `tokenizer.json` lives.
   /// `keepingBF16` (inference) keeps an HF LLM folder's BF16 matrices as their mapped bits.
   public static func load(_ dir: String, keepingBF16: Bool = false) throws -> (model: LoadedModel, tokenizerFolder: String?) {

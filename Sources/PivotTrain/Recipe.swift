@@ -116,6 +116,8 @@ public struct Recipe: Sendable, Codable {
   public var seed: UInt64 = 0
   public var threads = 0
   public var model = Model()
+  /// LoRA adapters (`lora:`): nil trains without them.
+  public var lora: LoRASettings?
   public var trainable: [String]?
   public var frozen: [String] = []
   public var data = Data()
@@ -137,8 +139,12 @@ public struct Recipe: Sendable, Codable {
   public var trainablePatterns: [String] { trainable ?? stage.defaultTrainable }
 
   /// What trains for this model: the recipe's `trainable`, or the stage's default for its bridge.
+  /// With LoRA the stage's default is the bridge alone (align, instruct) or nothing (text): the
+  /// adapters stand in for the LLM's weights (LLaVA's LoRA recipe trains the projector in full).
   public func trainablePatterns(bridge: [String]?) -> [String] {
-    trainable ?? (bridge.map { stage.defaultTrainable(bridge: $0) } ?? stage.defaultTrainable)
+    if let trainable { return trainable }
+    if lora != nil { return stage == .text ? [] : (bridge ?? Stage.align.defaultTrainable) }
+    return bridge.map { stage.defaultTrainable(bridge: $0) } ?? stage.defaultTrainable
   }
 
   public var parameterGroups: [ParameterGroup] {
@@ -185,7 +191,7 @@ public struct Recipe: Sendable, Codable {
     let y = YAMLReader(file: file)
     for (key, value) in try y.mapping(root, "", allowed: [
       "name", "stage", "seed", "threads", "model", "trainable", "frozen", "data", "optimizer", "batch_size", "grad_accum", "max_steps",
-      "epochs", "eval_every", "eval_batches", "log_every", "save_every", "keep_checkpoints", "output",
+      "epochs", "eval_every", "eval_batches", "log_every", "save_every", "keep_checkpoints", "output", "lora",
     ]) {
       switch key {
       case "name": r.name = try y.string(value, key)
@@ -209,6 +215,7 @@ public struct Recipe: Sendable, Codable {
       case "save_every": r.saveEvery = try y.int(value, key, min: 0)
       case "keep_checkpoints": r.keepCheckpoints = try y.int(value, key, min: 1)
       case "output": r.output = try y.string(value, key)
+      case "lora": r.lora = try y.lora(value, key)
       case "model":
         for (k, v) in try y.mapping(value, "model", allowed: [
           "pivot", "vision", "llm", "qformer", "vision_config", "llm_config", "qformer_config", "qformer_layers", "num_query_tokens",
@@ -434,6 +441,37 @@ struct YAMLReader {
       }
     }
     return a
+  }
+
+  func lora(_ node: Node, _ path: String) throws -> LoRASettings {
+    var settings = LoRASettings(rank: 0, alpha: 0, targets: [])
+    var given = Set<String>()
+    for (k, v) in try mapping(node, path, allowed: ["r", "alpha", "dropout", "targets", "rslora"]) {
+      let p = "\(path).\(k)"
+      given.insert(k)
+      switch k {
+      case "r": settings.rank = try int(v, p, min: 1)
+      case "alpha":
+        settings.alpha = try double(v, p)
+        guard settings.alpha > 0, settings.alpha.isFinite else { throw error(v, p, "must be a positive number (the scale is alpha / r)") }
+      case "dropout":
+        settings.dropout = try double(v, p)
+        guard settings.dropout >= 0, settings.dropout < 1 else { throw error(v, p, "is a probability: at least 0 and below 1") }
+      case "targets":
+        settings.targets = try strings(v, p)
+        guard !settings.targets.isEmpty else { throw error(v, p, "needs at least one glob over Linear paths, e.g. 'language_model.*_proj'") }
+      case "rslora":
+        let s = try string(v, p)
+        guard let b = Bool(s) else { throw error(v, p, "must be true or false") }
+        settings.rsLoRA = b
+      default: break
+      }
+    }
+    for required in ["r", "targets"] where !given.contains(required) {
+      throw error(node, "\(path).\(required)", "is required (e.g. r: 16, targets: ['language_model.*_proj'])")
+    }
+    if !given.contains("alpha") { settings.alpha = 8 }  // PEFT's default lora_alpha
+    return settings
   }
 
   func strings(_ node: Node, _ key: String) throws -> [String] {

@@ -178,6 +178,21 @@ public struct RunSetup {
     try data.write(to: URL(fileURLWithPath: dst))
   }
 
+  /// With `lora:` on the LLM, its adapters as a PEFT folder beside the merged model, for the
+  /// base the recipe started from (`model.llm`).
+  public func writeAdapter(into dir: String) throws {
+    guard let lora = recipe.lora else { return }
+    let llm: DecoderLM
+    switch built.model {
+    case let chat as ChatModel: llm = chat.languageModel
+    case let m as DecoderLM: llm = m
+    default: return
+    }
+    guard !llm.adaptedLinears().isEmpty else { return }
+    let base = recipe.model.llm ?? ""
+    try PEFTAdapter.write(llm, to: dir, dropout: lora.dropout, rsLoRA: lora.rsLoRA, baseModel: base)
+  }
+
   public func saveFinal(into output: String) throws {
     let dir = (output as NSString).appendingPathComponent("final")
     let tmp = (output as NSString).appendingPathComponent(".final.tmp-\(getpid())")
@@ -189,6 +204,7 @@ public struct RunSetup {
     }
     try FileManager.default.copyItem(atPath: tokenizerPath, toPath: (tmp as NSString).appendingPathComponent("tokenizer.json"))
     try writeTokenizerConfig(into: tmp)
+    try writeAdapter(into: (tmp as NSString).appendingPathComponent("adapter"))
     try? FileManager.default.removeItem(atPath: dir)
     try FileManager.default.moveItem(atPath: tmp, toPath: dir)
   }

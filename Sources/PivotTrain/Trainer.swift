@@ -94,11 +94,29 @@ public final class Trainer {
     try model.freeze()
     try model.unfreeze(recipe.trainablePatterns(bridge: (model as? ChatModel)?.bridgePatterns))
     if !recipe.frozen.isEmpty { try model.freeze(recipe.frozen) }
+    try Trainer.trainAdaptersOnly(model, recipe: recipe)
     if recipe.model.frozenDtype == "bf16" { model.storeFrozenWeightsInBF16() }
     model.recomputedLayers = recipe.model.recomputeLayers
     optimizer = AdamW(parameters: model.trainableParameters(), groups: recipe.parameterGroups,
                       beta1: Float(recipe.optimizer.beta1), beta2: Float(recipe.optimizer.beta2), eps: Float(recipe.optimizer.eps))
     rng = PivotRNG(seed: recipe.seed)
+  }
+
+  /// With `lora:`, the adapters train and the weights (and biases) they adapt are frozen, as
+  /// PEFT's `bias: none` has it. A `trainable` pattern that names an adapted weight is an error.
+  static func trainAdaptersOnly(_ model: any TrainableModel, recipe: Recipe) throws {
+    guard recipe.lora != nil else { return }
+    let adapted = model.adaptedLinears()
+    if recipe.trainable != nil, let (name, _) = adapted.first(where: { $0.1.weight.requiresGrad }) {
+      throw RecipeError(file: recipe.file, line: nil, key: "trainable",
+                        message: "'\(name).weight' is adapted by lora.targets and cannot also train in full; drop it from trainable or from lora.targets")
+    }
+    for (_, linear) in adapted {
+      linear.weight.requiresGrad = false
+      linear.bias?.requiresGrad = false
+      linear.loraA?.requiresGrad = true
+      linear.loraB?.requiresGrad = true
+    }
   }
 
   /// Parameter counts and memory per top-level part (and per second-level part of big ones).
@@ -107,8 +125,9 @@ public final class Trainer {
     var order: [String] = []
     for (name, t) in model.namedParameters() {
       let parts = name.split(separator: ".")
-      let key = parts.count > 2 && ["language_model", "vision_tower", "model"].contains(String(parts[0]))
+      let part = parts.count > 2 && ["language_model", "vision_tower", "model"].contains(String(parts[0]))
         ? parts.prefix(2).joined(separator: ".") : String(parts[0])
+      let key = LoRA.isAdapterName(name) ? "\(part) (lora)" : part
       if rows[key] == nil { rows[key] = ParameterRow(module: key, trainable: 0, frozen: 0, weightBytes: 0, gradientBytes: 0, optimizerBytes: 0); order.append(key) }
       if t.requiresGrad {
         rows[key]!.trainable += t.count
@@ -220,7 +239,8 @@ public final class Trainer {
       let t0 = Date()
       optimizer.zeroGrad()
       var lossSum = 0.0, counted = 0, truncated = 0, microBatches = 0
-      for _ in 0..<recipe.gradAccum {
+      for micro in 0..<recipe.gradAccum {
+        LoRADropout.stepSeed = recipe.seed &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(step * recipe.gradAccum + micro)
         let batch: TrainBatch
         do { batch = try source.next() } catch is EndOfData {
           dataEnded = true

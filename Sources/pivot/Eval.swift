@@ -14,6 +14,7 @@ struct Eval: ParsableCommand {
 
   @Option(help: "Model folder (Pivot model, checkpoint, or HF LLM), or a recipe (its untrained starting point).") var model: String
   @Option(help: "Shard pattern.") var shards: String
+  @Option(help: "A PEFT LoRA adapter folder to apply to the model's LLM, unmerged.") var adapter: String?
   @Option(help: "Batch size for the loss.") var batchSize = 8
   @Option(help: "Longest sequence for the loss.") var maxLength = 256
   @Option(help: "The instruction used with captions.") var captionPrompt = "Describe the image."
@@ -40,7 +41,7 @@ struct Eval: ParsableCommand {
   func run() throws {
     Threads.set(threads)
     try setMatmulPrecision(matmul)
-    let a = try Assistant(modelDir: model)
+    let a = try Assistant(modelDir: model, adapter: adapter)
     if rank { return try rankCaptions(a) }
     let paths = try ShardList.expand(shards)
     guard let first = paths.first else { throw ValidationError("no shards match \(shards)") }

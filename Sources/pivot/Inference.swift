@@ -17,7 +17,8 @@ final class Assistant {
 
   /// `dtype`: `auto` computes with the checkpoint's own precision (a BF16 LLM folder from its
   /// mapped bits, float32 otherwise), `fp32` widens everything, `bf16` rounds every weight of the LLM and the vision tower.
-  init(modelDir: String, chatTemplate: String? = nil, dtype: String = "auto") throws {
+  /// `adapter`: a PEFT LoRA folder applied, unmerged, to the LLM before anything is stacked.
+  init(modelDir: String, chatTemplate: String? = nil, dtype: String = "auto", adapter: String? = nil) throws {
     guard ["auto", "fp32", "bf16"].contains(dtype) else { throw ValidationError("--dtype must be auto, fp32 or bf16, not '\(dtype)'") }
     // The tokenizer beside the weights loads on another thread while the weights load: for a
     // 0.5 B model that is most of a second off the time to the first token.
@@ -28,6 +29,12 @@ final class Assistant {
       DispatchQueue.global().async(group: loading) { pending.tokenizer = try? Tokenizer(contentsOf: URL(fileURLWithPath: modelDir)) }
     }
     let (model, folder) = try ModelLoader.load(modelDir, keepingBF16: dtype != "fp32")
+    if let adapter {
+      switch model {
+      case .llm(let m): try PEFTAdapter.apply(adapter, to: m, model: modelDir)
+      case .chat(let m): try PEFTAdapter.apply(adapter, to: m.languageModel, model: "\(modelDir) (its language model)")
+      }
+    }
     try model.module.freeze()  // inference: nothing trains, so frozen storage and fused products apply
     if dtype == "bf16" { model.module.storeFrozenWeightsInBF16() }
     switch model {
@@ -158,6 +165,7 @@ struct Chat: ParsableCommand {
     discussion: "--model takes a Pivot model folder, a training checkpoint, or a plain HF Qwen2/LLaMA folder (text-only chat).")
 
   @Option(help: "Model folder.") var model: String
+  @Option(help: "A PEFT LoRA adapter folder to apply to the model's LLM, unmerged.") var adapter: String?
   @Option(help: "A JPEG or PNG to talk about.") var image: String?
   @Option(help: "One prompt: answer it and exit.") var prompt: String?
   @Option(help: "System prompt.") var system: String?
@@ -171,7 +179,7 @@ struct Chat: ParsableCommand {
     Threads.set(threads)
     try setMatmulPrecision(matmul)
     let started = Date()
-    let a = try Assistant(modelDir: model, chatTemplate: chatTemplate, dtype: dtype)
+    let a = try Assistant(modelDir: model, chatTemplate: chatTemplate, dtype: dtype, adapter: adapter)
     var pixels = try image.map { try a.pixels(jpegAt: $0) }
     var history: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
     func ask(_ text: String, withImage: Bool) throws {
@@ -232,6 +240,7 @@ func forEachSample(_ pattern: String, _ body: (ShardSample) throws -> Void) thro
 struct Caption: ParsableCommand {
   static let configuration = CommandConfiguration(abstract: "Caption every image in shards; one JSON line per sample.")
   @Option(help: "Model folder.") var model: String
+  @Option(help: "A PEFT LoRA adapter folder to apply to the model's LLM, unmerged.") var adapter: String?
   @Option(help: "Shard pattern, e.g. data/pairs-{000000..000009}.tar.zst") var shards: String
   @Option(help: "Output JSONL.") var out: String
   @Option(help: "The instruction given with each image.") var prompt = "Describe the image."
@@ -245,7 +254,7 @@ struct Caption: ParsableCommand {
   func run() throws {
     Threads.set(threads)
     try setMatmulPrecision(matmul)
-    let a = try Assistant(modelDir: model, dtype: dtype)
+    let a = try Assistant(modelDir: model, dtype: dtype, adapter: adapter)
     guard a.hasVision, case .chat(let chatModel) = a.model else { throw ValidationError("\(model) has no vision tower") }
     guard ["auto", "chat", "plain"].contains(format) else { throw ValidationError("--format must be auto, chat or plain") }
     let plain = (format == "auto" ? chatModel.config.captionFormat : format) == "plain"
