@@ -26,6 +26,10 @@ struct Bench: ParsableCommand {
   var llmWeights: String?
   @Option(help: "stage1/stage2: LLM layers (from the first) that rerun in backward instead of keeping their activations (recipe key model.recompute_layers).")
   var recomputeLayers = 0
+  @Option(help: "stage1/stage2: LoRA rank on every attention and MLP projection of the LLM (0: none). With it stage2 trains the bridge and the adapters; the LLM's weights stay frozen.")
+  var loraRank = 0
+  @Option(help: "stage1/stage2 with --lora-rank: LoRA alpha (the scale is alpha / r).")
+  var loraAlpha: Double = 32
   @Option(help: "Products of more than one row: fp32, or bf16 (operands rounded to bfloat16, float32 sums; AMX tiles where the CPU has them). Recipe key model.matmul.")
   var matmul: String = "fp32"
   @Option(help: "Worker threads (Pivot and OpenBLAS).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
@@ -41,6 +45,7 @@ struct Bench: ParsableCommand {
       throw ValidationError("unknown phase '\(phase)' (known: gemm, tokenize, data, \(Self.modelPhases.joined(separator: ", ")))")
     }
     guard ["fp32", "bf16"].contains(dtype) else { throw ValidationError("unknown dtype '\(dtype)' (fp32 or bf16)") }
+    guard loraRank >= 0, loraAlpha > 0 else { throw ValidationError("--lora-rank must be ≥ 0 and --lora-alpha > 0") }
   }
 
   /// shared/bench/configs beside the repository (this file is Sources/pivot/Bench.swift).
@@ -67,7 +72,8 @@ struct Bench: ParsableCommand {
     default:
       try ModelBench(
         scale: scale, phase: phase, configDir: configs ?? Self.defaultConfigDir, threads: threads, dtype: dtype,
-        warmupOverride: warmup, repsOverride: reps, llmWeights: llmWeights, recomputeLayers: recomputeLayers
+        warmupOverride: warmup, repsOverride: reps, llmWeights: llmWeights, recomputeLayers: recomputeLayers,
+        lora: loraRank > 0 ? LoRASettings(rank: loraRank, alpha: loraAlpha, targets: ["language_model.*_proj"]) : nil
       ).run()
     }
   }

@@ -19,6 +19,8 @@ struct ModelBench {
   let llmWeights: String?
   /// Training phases: how many LLM layers rerun in backward (activation recomputation).
   let recomputeLayers: Int
+  /// Training phases: adapters on the LLM's projections (PEFT's r, alpha, target_modules).
+  var lora: LoRASettings? = nil
 
   /// (warm-up, timed repetitions) per scale and phase, as torch_ref.py's DEFAULT_REPS.
   static let defaultReps: [String: [String: (Int, Int)]] = [
@@ -124,7 +126,12 @@ struct ModelBench {
     let (b, t, q) = (s.batch, s.textLength, s.queries)
     try model.freeze()
     var trainable = ["query_tokens", "qformer.*", "language_projection.*"]
-    if stage == 2 { trainable.append("language_model.*") }
+    if let lora {  // the bridge and the adapters train; the adapted weights stay frozen
+      try model.attachLoRA(lora, seed: 0, source: "pivot bench")
+      trainable += LoRA.adapterPatterns
+    } else if stage == 2 {
+      trainable.append("language_model.*")
+    }
     try model.unfreeze(trainable)
     if dtype == "bf16" { model.storeFrozenWeightsInBF16() }
     model.languageModel.recomputedLayers = recomputeLayers
@@ -181,6 +188,7 @@ struct ModelBench {
     let sum = Self.summary(rows.map { $0["total"]! })
     var record = common(s).merging(sum) { a, _ in a }.merging(built.fields) { a, _ in a }
     record.merge([
+      "lora_rank": lora?.rank ?? 0, "lora_alpha": lora?.alpha ?? 0, "lora_targets": lora?.targets ?? [],
       "phase": "stage\(stage)", "metric": "train_step", "B": b, "T": t, "num_query_tokens": q, "seq_len": length,
       "text_tokens_per_s": Double(b * t) / (sum["seconds_median"] as! Double),
       "breakdown_median_s": Self.medians(rows),

@@ -79,7 +79,8 @@ struct Train: ParsableCommand {
       eprint("metrics: \(r.output)/metrics.jsonl   plot: \(r.output)/loss.svg   checkpoint: \(trainer.lastCheckpoint ?? "none")")
       throw ExitCode(Interrupt.exitStatus)
     }
-    bar.finish(detail: String(format: "%@ elapsed", formatDuration(Date().timeIntervalSince(start))))
+    bar.finish(detail: String(format: "%@ elapsed, peak memory %@", formatDuration(Date().timeIntervalSince(start)),
+                              formatBytes(Int(peakResidentMiB() * 1_048_576))))
     eprint("metrics: \(r.output)/metrics.jsonl   plot: \(r.output)/loss.svg   model: \(r.output)/final")
     if let compare {
       guard let c = MetricsLog.compare(run: (r.output as NSString).appendingPathComponent("metrics.jsonl"), reference: compare) else {
