@@ -30,11 +30,12 @@ let package = Package(
     .target(name: "CJPEGShim", dependencies: ["CJPEG"], cSettings: [.unsafeFlags(["-O2"])]),
     .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
     .target(name: "CPNGShim", dependencies: ["CPNG"], cSettings: [.unsafeFlags(["-O2"])]),
+    .systemLibrary(name: "CWebP", pkgConfig: "libwebp", providers: [.apt(["libwebp-dev"])]),
     // AMX tile kernels: C, because Swift has no way to name tile registers.
     .target(name: "CPivotAMX", cSettings: [.unsafeFlags(["-O2"])]),
     .target(name: "PivotTensor", dependencies: ["COpenBLAS", "CPivotAMX"], swiftSettings: kernels),
     .target(name: "PivotText", swiftSettings: fast),
-    .target(name: "PivotData", dependencies: ["CZstd", "CJPEG", "CJPEGShim", "CPNG", "CPNGShim"], swiftSettings: fast),
+    .target(name: "PivotData", dependencies: ["CZstd", "CJPEG", "CJPEGShim", "CPNG", "CPNGShim", "CWebP"], swiftSettings: fast),
     .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: kernels),
     .target(name: "PivotModels", dependencies: ["PivotNN"], swiftSettings: fast),
     .target(name: "PivotTrain", dependencies: ["PivotModels", "PivotData", "PivotText", .product(name: "Yams", package: "Yams")], swiftSettings: fast),

@@ -42,7 +42,7 @@ public enum SampleKind: String, Codable, Sendable {
 
 /// Which fields to read. The image field's format is told by its bytes, not by its name.
 public struct SampleFields: Codable, Sendable, Equatable {
-  public var image: [String] = ["jpg", "jpeg", "png"]
+  public var image: [String] = ["jpg", "jpeg", "png", "webp"]
   public var caption: [String] = ["txt", "caption"]
   public var conversation: [String] = ["json"]
   public init() {}

@@ -26,7 +26,7 @@ public enum DataError: Error, CustomStringConvertible, Sendable, Equatable {
     case .sample(let path, let key, let message):
       return "\(path): sample '\(key)': \(message)."
     case .image(let key, let message):
-      return "sample '\(key)': image: \(message). JPEG and PNG are read; re-encode others."
+      return "sample '\(key)': image: \(message). JPEG, PNG and WebP are read; re-encode others."
     case .shardList(let pattern, let message):
       return "shard list '\(pattern)': \(message)."
     case .tooManyBad(let fraction, let limit, let bad, let total, let lastProblem):

@@ -3,7 +3,7 @@ import Foundation
 /// How images become model input: the shortest side resized to `shortestSide` (bicubic, as
 /// Pillow does it), a centre crop of `cropHeight` × `cropWidth`, then
 /// `(pixel / 255 - mean) / std` per channel. Defaults are CLIP's `preprocessor_config.json`.
-/// JPEG and PNG are read (told apart by their magic number); transparent pixels are composited
+/// JPEG, PNG and WebP are read (told apart by their magic number); transparent pixels are composited
 /// onto `background` first. With an `Augmentation` the crop, flip and background are random,
 /// drawn from the sample's seed.
 public struct ImagePreprocessing: Codable, Sendable, Equatable {
@@ -92,7 +92,7 @@ public struct ImagePreprocessing: Codable, Sendable, Equatable {
     return 1
   }
 
-  /// Encoded image (JPEG or PNG, by magic number) → normalised pixels at `output`.
+  /// Encoded image (JPEG, PNG or WebP, by magic number) → normalised pixels at `output`.
   /// // (3, cropHeight, cropWidth)
   /// Without `augmentation`: resize + centre crop, transparency over `background`. With it, every
   /// random choice comes from `seed`, so the same seed gives the same floats bit for bit.
@@ -112,8 +112,8 @@ public struct ImagePreprocessing: Codable, Sendable, Equatable {
       image = try JPEG.decode(
         data, header: header, scaleDenominator: scaleDenominator(width: header.width, height: header.height),
         key: key, maxPixels: maxPixels)
-    case .png:
-      switch try PNG.decode(data, key: key, maxPixels: maxPixels) {
+    case .png, .webp:
+      switch try (format == .png ? PNG.decode(data, key: key, maxPixels: maxPixels) : WebP.decode(data, key: key, maxPixels: maxPixels)) {
       case .rgb(let opaque): image = opaque
       case .rgba(let transparent): image = composite(transparent, over: background)
       }
@@ -149,8 +149,9 @@ public struct ImagePreprocessing: Codable, Sendable, Equatable {
   ) throws {
     let jpegHeader = format == .jpeg ? try JPEG.header(data, key: key) : nil
     let pngHeader = format == .png ? try PNG.header(data, key: key) : nil
-    let fullWidth = jpegHeader?.width ?? pngHeader!.width
-    let fullHeight = jpegHeader?.height ?? pngHeader!.height
+    let webpHeader = format == .webp ? try WebP.header(data, key: key) : nil
+    let fullWidth = jpegHeader?.width ?? pngHeader?.width ?? webpHeader!.width
+    let fullHeight = jpegHeader?.height ?? pngHeader?.height ?? webpHeader!.height
     try checkPixelLimit(width: fullWidth, height: fullHeight, maxPixels: maxPixels, key: key)
     let box =
       augmentation.randomResizedCrop ? augmentation.cropBox(width: fullWidth, height: fullHeight, seed: seed) : nil
@@ -161,7 +162,9 @@ public struct ImagePreprocessing: Codable, Sendable, Equatable {
         box.map { scaleDenominator(cropBox: $0) } ?? scaleDenominator(width: fullWidth, height: fullHeight)
       image = try JPEG.decode(data, header: jpegHeader, scaleDenominator: denominator, key: key, maxPixels: maxPixels)
     } else {
-      switch try PNG.decode(data, header: pngHeader!, key: key, maxPixels: maxPixels) {
+      let decoded = try pngHeader.map { try PNG.decode(data, header: $0, key: key, maxPixels: maxPixels) }
+        ?? WebP.decode(data, header: webpHeader!, key: key, maxPixels: maxPixels)
+      switch decoded {
       case .rgb(let opaque):
         image = opaque
       case .rgba(let transparent):

@@ -40,12 +40,23 @@ public enum DecodedImage: Sendable, Equatable {
 public enum ImageFormat: String, Sendable {
   case jpeg
   case png
+  case webp
 
-  /// JPEG starts FF D8, PNG 89 50 4E 47 ("\x89PNG").
+  /// JPEG starts FF D8, PNG 89 50 4E 47 ("\x89PNG"), WebP "RIFF" <size> "WEBP".
   public static func detect(_ data: [UInt8]) -> ImageFormat? {
     if data.count >= 2 && data[0] == 0xFF && data[1] == 0xD8 { return .jpeg }
     if data.count >= 4 && data[0] == 0x89 && data[1] == 0x50 && data[2] == 0x4E && data[3] == 0x47 { return .png }
+    if data.count >= 12 && data[0..<4].elementsEqual("RIFF".utf8) && data[8..<12].elementsEqual("WEBP".utf8) { return .webp }
     return nil
+  }
+
+  /// The shard field name for this format (webdataset's extensions).
+  public var fieldName: String {
+    switch self {
+    case .jpeg: "jpg"
+    case .png: "png"
+    case .webp: "webp"
+    }
   }
 
   /// The format, or an error naming the sample and the first bytes.
@@ -56,7 +67,7 @@ public enum ImageFormat: String, Sendable {
       key: key,
       message: data.isEmpty
         ? "the image field is empty"
-        : "unknown image format (starts \(start); JPEG starts FF D8, PNG 89 50 4E 47)")
+        : "unknown image format (starts \(start); JPEG starts FF D8, PNG 89 50 4E 47, WebP 52 49 46 46 … 57 45 42 50)")
   }
 }
 

@@ -32,7 +32,7 @@ extension Shards {
         objects {"image": ..., "caption": ...} (or "text"). Conversations: a LLaVA JSON list of
         {"id", "image", "conversations"}; each sample gets `jpg` (or `png`) and `json`. JSONL captions
         may carry {"captions": {"en": ..., "zh": ...}}, written as `en.txt`, `zh.txt` (what
-        `pivot eval --rank` reads). Keys are the input order, `%09d`. Images must be JPEG or PNG
+        `pivot eval --rank` reads). Keys are the input order, `%09d`. Images must be JPEG, PNG or WebP
         (told apart by their bytes); unreadable ones are skipped and listed.
         """)
 
@@ -47,7 +47,7 @@ extension Shards {
 
     @OptionGroup var output: ShardOutputOptions
 
-    @Flag(help: "Do not check that each image is a readable JPEG or PNG.")
+    @Flag(help: "Do not check that each image is a readable JPEG, PNG or WebP.")
     var noCheck = false
 
     func validate() throws {
@@ -164,14 +164,20 @@ extension Shards {
             continue
           }
           let bytes = [UInt8](data)
-          let isPNG = ImageFormat.detect(bytes) == .png
+          let format = ImageFormat.detect(bytes) ?? .jpeg
           if !noCheck {
-            do { _ = isPNG ? try PNG.header(bytes, key: key).width : try JPEG.header(bytes, key: key).width } catch {
+            do {
+              switch format {
+              case .png: _ = try PNG.header(bytes, key: key)
+              case .webp: if try WebP.header(bytes, key: key).animated { throw DataError.image(key: key, message: "an animated WebP; Pivot reads still images") }
+              case .jpeg: _ = try JPEG.header(bytes, key: key)
+              }
+            } catch {
               skipped.append("\(key) (\(image)): \(error)")
               continue
             }
           }
-          fields.append(SampleField(name: isPNG ? "png" : "jpg", data: bytes))
+          fields.append(SampleField(name: format.fieldName, data: bytes))
         }
         try writer.write(ShardSample(key: key, url: "", fields: fields + entry.fields))
         bar.update(index + 1, detail: "\(writer.writtenPaths.count) shards")
@@ -191,7 +197,7 @@ extension Shards {
 
   struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "Read every member of every shard and decode every JPEG and PNG; list what is bad.",
+      abstract: "Read every member of every shard and decode every JPEG, PNG and WebP; list what is bad.",
       discussion: "Exits with status 1 when any shard, member or image is bad.")
 
     @Argument(help: "Shard patterns, e.g. 'pairs-{000000..000099}.tar.zst'.")
@@ -232,6 +238,8 @@ extension Shards {
                   }
                 } else if field.name == "png" {
                   do { _ = try PNG.decode(field.data, key: sample.key) } catch { imageProblem = "\(error)" }
+                } else if field.name == "webp" {
+                  do { _ = try WebP.decode(field.data, key: sample.key) } catch { imageProblem = "\(error)" }
                 }
               }
               if let imageProblem { badItems.append("\(shard): \(sample.key): \(imageProblem)") } else { samples += 1 }
@@ -285,6 +293,12 @@ extension Shards {
           return "PNG \(header.width)x\(header.height), \(header.hasAlpha ? "with" : "no") transparency, \(field.data.count) bytes"
         }
         return "\(field.data.count) bytes, not a readable PNG"
+      }
+      if field.name == "webp" {
+        if let header = try? WebP.header(field.data) {
+          return "WebP \(header.width)x\(header.height), \(header.format == 2 ? "lossless" : "lossy"), \(header.hasAlpha ? "with" : "no") transparency\(header.animated ? ", animated" : ""), \(field.data.count) bytes"
+        }
+        return "\(field.data.count) bytes, not a readable WebP"
       }
       if field.data.count <= 4000, !field.data.contains(0), let text = String(validating: field.data, as: UTF8.self) {
         return text

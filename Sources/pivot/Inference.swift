@@ -166,7 +166,7 @@ struct Chat: ParsableCommand {
 
   @Option(help: "Model folder.") var model: String
   @Option(help: "A PEFT LoRA adapter folder to apply to the model's LLM, unmerged.") var adapter: String?
-  @Option(help: "A JPEG or PNG to talk about.") var image: String?
+  @Option(help: "A JPEG, PNG or WebP to talk about.") var image: String?
   @Option(help: "One prompt: answer it and exit.") var prompt: String?
   @Option(help: "System prompt.") var system: String?
   @Option(help: "Chat template (chatml, llama3, plain); default: the tokenizer's.") var chatTemplate: String?
