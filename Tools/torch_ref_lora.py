@@ -65,11 +65,13 @@ def main():
     warmup = args.warmup if args.warmup is not None else warmup
     reps = args.reps if args.reps is not None else reps
     losses, times = [], []
+    ref.CALIB["calib_gflops_before"] = ref.calib_gflops()  # the machine's speed, as torch_ref.py records it
     for i in range(warmup):
         _, l = step(); losses.append(l)
     for i in range(reps):
         t, l = step(); losses.append(l); times.append(t)
         print("  rep %d: %.3fs loss %.4f" % (i, t, l), file=sys.stderr)
+    ref.CALIB["calib_gflops_after"] = ref.calib_gflops()
     med = statistics.median(times)
     ref.emit({
         "phase": "stage2", "scale": args.scale, "metric": "train_step", "impl": "pytorch+peft",
