@@ -149,9 +149,10 @@ def decoder_fixture(name, cls, cfg_dict, steps=5):
     save(name, {**init, **gr, "input_ids": ids, "labels": labels, "logits": out.logits}, meta)
 
 
-def composed_fixture():
+def build_composed():
     """The bench's composition (torch_ref.py: build): frozen CLIP → post-LN on every token →
-    Q-Former over learned queries → Linear → [soft ; text] → Qwen2, labels −100 on the soft part."""
+    Q-Former over learned queries → Linear → [soft ; text] → Qwen2, labels −100 on the soft part.
+    Returns the module, its initial weights, the batch and the loss function."""
     cfgs = TINY
     vcfg = CLIPVisionConfig(**{k: v for k, v in cfgs["vision"].items() if k != "model_type"})
     qcfg = Blip2QFormerConfig(**{k: v for k, v in cfgs["qformer"].items() if k != "model_type"})
@@ -179,15 +180,23 @@ def composed_fixture():
     pixels = torch.randn(B, 3, 32, 32, generator=g)
     ids = torch.randint(0, lcfg.vocab_size, (B, T), generator=g)
 
-    def loss_of():
+    def loss_of():  # through m's attributes, so modules PEFT wraps in place are the ones called
         with torch.no_grad():
             img = vision.post_layernorm(vision(pixel_values=pixels).last_hidden_state)
-        q = qformer(query_embeds=query_tokens.expand(B, -1, -1), encoder_hidden_states=img).last_hidden_state
-        soft = proj(q)
-        emb = torch.cat([soft, llm.get_input_embeddings()(ids)], 1)
+        q = m.qformer(query_embeds=m.query_tokens.expand(B, -1, -1), encoder_hidden_states=img).last_hidden_state
+        soft = m.language_projection(q)
+        emb = torch.cat([soft, m.language_model.get_input_embeddings()(ids)], 1)
         labels = torch.cat([torch.full((B, nq), -100), ids], 1)
-        return llm(inputs_embeds=emb, labels=labels).loss
+        return m.language_model(inputs_embeds=emb, labels=labels).loss
 
+    return m, init, pixels, ids, loss_of
+
+
+def composed_fixture():
+    cfgs = TINY
+    m, init, pixels, ids, loss_of = build_composed()
+    vision, qformer, proj, llm, query_tokens = m.vision_tower, m.qformer, m.language_projection, m.language_model, m.query_tokens
+    nq = cfgs["num_query_tokens"]
     meta = {"config": cfgs}
     tensors = {**init, "pixels": pixels, "input_ids": ids}
     for stage, trainable in [("stage1", ("qformer.", "query_tokens", "language_projection.")),
@@ -227,8 +236,48 @@ def composed_fixture():
     save("composed_tiny", tensors, meta)
 
 
+def composed_lora_fixture():
+    """Stage 2 with PEFT LoRA (r 4, alpha 8) on every LLM projection and on the bridge's
+    projection; the Q-Former and queries train in full, the adapted weights are frozen. lora_B is
+    drawn nonzero so the adapters change the loss from the first step."""
+    from peft import LoraConfig, inject_adapter_in_model
+    m, init, pixels, ids, loss_of = build_composed()
+    torch.manual_seed(5)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                        target_modules=r"(language_model\..*_proj)|language_projection")
+    m = inject_adapter_in_model(config, m)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    for n, p in m.named_parameters():
+        adapter = "lora_" in n
+        bridge = n.startswith(("qformer.", "query_tokens")) or (n.startswith("language_projection.") and "base_layer" not in n)
+        p.requires_grad_(adapter or bridge)
+    tensors = {n.replace(".default", ""): p.detach().clone() for n, p in m.named_parameters() if "lora_" in n}
+    loss = loss_of()
+    loss.backward()
+    tensors.update({"grad." + n.replace(".default", "").replace(".base_layer", ""): p.grad.clone()
+                    for n, p in m.named_parameters() if p.grad is not None})
+    meta = {"loss": loss.item(), "r": 4, "lora_alpha": 8, "trainable": sorted(n.replace(".default", "") for n, p in m.named_parameters() if p.requires_grad)}
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        l = loss_of()
+        l.backward()
+        opt.step()
+        losses.append(l.item())
+    meta["adamw_losses"] = losses
+    save("composed_tiny_lora", tensors, meta)
+
+
 if __name__ == "__main__":
+    import sys
     os.makedirs(FIX, exist_ok=True)
+    if sys.argv[1:] == ["composed_lora"]:  # only the LoRA fixture (needs peft)
+        composed_lora_fixture()
+        sys.exit(0)
     clip_fixture()
     dinov2_fixture()
     qformer_fixture()
@@ -236,4 +285,5 @@ if __name__ == "__main__":
     llama = dict(TINY["llm"], model_type="llama", tie_word_embeddings=False, attention_bias=False, num_key_value_heads=1)
     decoder_fixture("llama_tiny", LlamaForCausalLM, llama)
     composed_fixture()
+    composed_lora_fixture()
     print("model fixtures written")

@@ -99,6 +99,51 @@ struct ComposedParityTests {
     try train(stage: stage, trainable: trainable, recompute: stage == "stage1" ? 1 : 0, precision: .bfloat16)
   }
 
+  /// Stage 2 with LoRA against PEFT (Tools/make_model_fixtures.py: composed_lora_fixture): r 4,
+  /// alpha 8 on every LLM projection and the bridge's projection, the Q-Former and queries in
+  /// full. Loss ≤ 1e-5 relative, every trained gradient ≤ 1e-5 + 1e-4·max|g|, 10 AdamW losses
+  /// ≤ 1e-5 relative.
+  @Test func stage2WithLoRAMatchesPEFT() throws {
+    let fx = try Fixture("composed_tiny")
+    let lora = try Fixture("composed_tiny_lora")
+    func adapted() throws -> ChatModel {
+      let m = try Self.model(fx)
+      let paths = try m.attachLoRA(LoRASettings(rank: 4, alpha: 8, targets: ["language_model.*_proj", "language_projection"]), seed: 0, source: "test")
+      #expect(paths.count == 2 * 7 + 1)
+      for (path, linear) in m.adaptedLinears() {
+        linear.loraA!.copy(from: try lora.tensor("\(path).lora_A.weight"))
+        linear.loraB!.copy(from: try lora.tensor("\(path).lora_B.weight"))
+      }
+      try m.freeze()
+      try m.unfreeze(["qformer.*", "query_tokens", "language_projection.*"] + LoRA.adapterPatterns)
+      for (_, linear) in m.adaptedLinears() {
+        linear.weight.requiresGrad = false
+        linear.bias?.requiresGrad = false
+      }
+      return m
+    }
+    let m = try adapted()
+    #expect(Set(m.trainableParameters().map(\.0)) == Set(lora.meta["trainable"] as! [String]))
+    let (ids, labels, b, t) = try Self.batch(fx, q: m.imageTokenCount)
+    let pixels = try fx.tensor("pixels")
+    let (loss, _) = m.loss(ids: ids, labels: labels, batch: b, length: t, pixels: pixels, imageStarts: [0, 0])
+    let ref = lora.meta["loss"] as! Double
+    #expect(abs(Double(loss.item) - ref) / ref < 1e-5, "loss \(loss.item) vs \(ref)")
+    loss.backward()
+    try expectGradients(m, lora, gradPrefix: "grad.", only: { name in m.trainableParameters().contains { $0.0 == name } })
+    for (name, p) in m.namedParameters() where !p.requiresGrad { #expect(p.grad == nil, "frozen \(name) has a gradient buffer") }
+
+    let fresh = try adapted()
+    let opt = AdamW(parameters: fresh.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
+    for (step, expected) in (lora.meta["adamw_losses"] as! [Double]).enumerated() {
+      opt.zeroGrad()
+      let l = fresh.loss(ids: ids, labels: labels, batch: b, length: t, pixels: pixels, imageStarts: [0, 0]).loss
+      l.backward()
+      opt.step(lr: 1e-3)
+      #expect(abs(Double(l.item) - expected) / expected < 1e-5, "step \(step): \(l.item) vs \(expected)")
+    }
+  }
+
   @Test func greedyGenerationWithAnImage() throws {
     let fx = try Fixture("composed_tiny")
     let m = try Self.model(fx)
