@@ -174,6 +174,45 @@ public final class DecoderLM: Module, @unchecked Sendable {
     return h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
   }
 
+  /// One decode step of N independent sequences, each with its own cache (its own length): the
+  /// projections, the MLP and the head run on the N rows together, so the weights are read once
+  /// for all of them; rotary positions and attention are per row, over that row's cache.
+  /// tokens (N) → logits (N, V); each cache grows by one position.
+  public func decodeStep(_ tokens: [Int32], caches: [KVCache]) -> Tensor {
+    precondition(tokens.count == caches.count && !tokens.isEmpty, "\(tokens.count) tokens for \(caches.count) caches")
+    precondition(caches.allSatisfy { $0.batch == 1 && $0.length < $0.capacity }, "each row needs a one-row cache with room")
+    return noGrad {
+      let n = tokens.count, c = config, hs = c.resolvedHeadDim
+      let (nh, nkv) = (c.numAttentionHeads, c.numKeyValueHeads)
+      let table = RopeTable(positions: caches.map(\.length), headSize: hs, theta: c.ropeTheta)
+      var h = embed(tokens, shape: [n, 1])  // (N, 1, C)
+      for (i, layer) in model.layers.enumerated() {
+        let a = layer.selfAttn
+        let y = layer.inputLayernorm(h)
+        let stacked = a.qProj.hasAdapter || a.kProj.hasAdapter || a.vProj.hasAdapter ? nil : layer.qkv?(y)
+        let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
+        let q = rope(reshape(qLin, [n, 1, nh, hs]), table: table)  // (N, 1, NH, HS)
+        let k = rope(reshape(kLin, [n, 1, nkv, hs]), table: table)  // (N, 1, NKV, HS)
+        let v = reshape(vLin, [n, 1, nkv, hs])
+        let attn = Tensor(empty: [n, 1, nh, hs])
+        for (r, cache) in caches.enumerated() {
+          cache.append(layer: i, k: k.view(offset: r * nkv * hs, shape: [1, 1, nkv, hs]), v: v.view(offset: r * nkv * hs, shape: [1, 1, nkv, hs]))
+          let row = cachedAttention(q.view(offset: r * nh * hs, shape: [1, 1, nh, hs]), keys: cache.keys[i], values: cache.values[i], length: cache.length + 1)
+          (attn.ptr + r * nh * hs).update(from: row.ptr, count: nh * hs)
+        }
+        h = h + a.oProj(reshape(attn, [n, 1, nh * hs]))
+        let z = layer.postAttentionLayernorm(h)
+        if !layer.mlp.gateProj.hasAdapter, !layer.mlp.upProj.hasAdapter, let gateUp = layer.gateUp?(z) {
+          h = h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
+        } else {
+          h = h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
+        }
+      }
+      for cache in caches { cache.length += 1 }
+      return logits(reshape(h, [n, c.hiddenSize]))
+    }
+  }
+
   /// Final norm and LM head on rows (N, C) → logits (N, V).
   public func logits(_ hidden: Tensor) -> Tensor { head(model.norm(hidden)) }
 

@@ -96,6 +96,57 @@ extension DecoderLM {
   }
 }
 
+extension DecoderLM {
+  /// Generates after each of several prompts (embeddings (1, T_i, C) each, with their ids as the
+  /// repetition history): each prompt's prefill runs alone, then the decode steps of every
+  /// unfinished sequence run as one `decodeStep`, so N sequences read the weights once per token.
+  /// Each sequence stops on its own (a stop token, `maxNewTokens`, or `onToken` returning false)
+  /// and gives exactly what `generate(embeddings:)` gives it alone.
+  public func generateBatch(
+    prompts: [Tensor], histories: [[Int32]], options: GenerationOptions, onToken: (Int, Int32) -> Bool = { _, _ in true }
+  ) -> [[Int32]] {
+    precondition(prompts.count == histories.count, "\(prompts.count) prompts for \(histories.count) histories")
+    precondition(prompts.allSatisfy { $0.shape[0] == 1 }, "each prompt is one row")
+    return noGrad {
+      var caches: [KVCache] = [], samplers: [TokenSampler] = [], history = histories
+      var out = [[Int32]](repeating: [], count: prompts.count)
+      var active: [Int] = [], next: [Int32] = []
+      for (i, x) in prompts.enumerated() {
+        let t = x.shape[1]
+        let cache = KVCache(config: config, capacity: t + options.maxNewTokens)
+        let h = hiddenStates(x, cache: cache)
+        let last = slice(reshape(h, [t, config.hiddenSize]), axis: 0, (t - 1)..<t)
+        var sampler = TokenSampler(options)
+        let tok = sampler.next(logits: self.logits(last).ptr, vocab: config.vocabSize, history: history[i])
+        caches.append(cache)
+        samplers.append(sampler)
+        out[i].append(tok)
+        history[i].append(tok)
+        if !options.stopTokenIds.contains(tok) && onToken(i, tok) && out[i].count < options.maxNewTokens {
+          active.append(i)
+          next.append(tok)
+        }
+      }
+      while !active.isEmpty {
+        let logits = decodeStep(next, caches: active.map { caches[$0] })  // (N, V)
+        var stillActive: [Int] = [], following: [Int32] = []
+        for (row, i) in active.enumerated() {
+          let tok = samplers[i].next(logits: logits.ptr + row * config.vocabSize, vocab: config.vocabSize, history: history[i])
+          out[i].append(tok)
+          history[i].append(tok)
+          if !options.stopTokenIds.contains(tok) && onToken(i, tok) && out[i].count < options.maxNewTokens {
+            stillActive.append(i)
+            following.append(tok)
+          }
+        }
+        active = stillActive
+        next = following
+      }
+      return out
+    }
+  }
+}
+
 extension ChatModel {
   /// Generates a reply to prompt ids (1 row) whose image slot starts at `imageStart`.
   @discardableResult
