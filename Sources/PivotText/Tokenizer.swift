@@ -1,17 +1,24 @@
 import Foundation
 
-/// The parts of a checkpoint's `tokenizer_config.json` that Pivot uses.
+/// The parts of a checkpoint's `tokenizer_config.json` (and `chat_template.jinja`) that Pivot uses.
 public struct TokenizerConfig: Sendable {
   public var bosToken: String?
   public var eosToken: String?
   public var padToken: String?
+  public var unkToken: String?
+  /// The Jinja chat template source.
   public var chatTemplate: String?
+  /// Where `chatTemplate` was read from, to name it in errors.
+  public var chatTemplateSource: String?
 
-  public init(bosToken: String? = nil, eosToken: String? = nil, padToken: String? = nil, chatTemplate: String? = nil) {
+  public init(bosToken: String? = nil, eosToken: String? = nil, padToken: String? = nil, chatTemplate: String? = nil,
+              unkToken: String? = nil, chatTemplateSource: String? = nil) {
     self.bosToken = bosToken
     self.eosToken = eosToken
     self.padToken = padToken
+    self.unkToken = unkToken
     self.chatTemplate = chatTemplate
+    self.chatTemplateSource = chatTemplateSource
   }
 
   public init(contentsOf url: URL) throws {
@@ -34,11 +41,24 @@ public struct TokenizerConfig: Sendable {
     bosToken = token("bos_token")
     eosToken = token("eos_token")
     padToken = token("pad_token")
+    unkToken = token("unk_token")
     if let template = dict["chat_template"] as? String {
       chatTemplate = template
     } else if let named = dict["chat_template"] as? [[String: Any]] {
       chatTemplate = (named.first { $0["name"] as? String == "default" } ?? named.first)?["template"] as? String
     }
+    if chatTemplate != nil { chatTemplateSource = url.path + " (chat_template)" }
+  }
+
+  /// Current transformers writes the template to `chat_template.jinja` beside the tokenizer rather than into
+  /// tokenizer_config.json; when that file exists its template is the one transformers uses.
+  mutating func readChatTemplateFile(_ url: URL) throws {
+    do {
+      chatTemplate = try String(contentsOf: url, encoding: .utf8)
+    } catch {
+      throw TokenizerError.unreadable(file: url.path, reason: error.localizedDescription)
+    }
+    chatTemplateSource = url.path
   }
 }
 
@@ -62,14 +82,21 @@ public final class Tokenizer: Sendable {
   let addedSpellings: [Int32: String]
   let specialContents: Set<String>
 
-  /// Reads a `tokenizer.json` file, or a folder holding `tokenizer.json` (and optionally `tokenizer_config.json`).
+  /// Reads a `tokenizer.json` file, or a folder holding `tokenizer.json` (and optionally `tokenizer_config.json`
+  /// and `chat_template.jinja`).
   /// A `tokenizer.json.gz` is read too: the real Qwen2 file is 4.8 MB, more than the repository should hold,
   /// so it is committed gzip'd. PivotText has no zlib; the `gzip` command, present on every Linux and macOS
   /// machine, decompresses it.
   public convenience init(contentsOf url: URL) throws {
     let file = try Self.resolveFile(url)
     let configURL = file.deletingLastPathComponent().appendingPathComponent("tokenizer_config.json")
-    let config = FileManager.default.fileExists(atPath: configURL.path) ? try TokenizerConfig(contentsOf: configURL) : nil
+    var config = FileManager.default.fileExists(atPath: configURL.path) ? try TokenizerConfig(contentsOf: configURL) : nil
+    let templateURL = file.deletingLastPathComponent().appendingPathComponent("chat_template.jinja")
+    if FileManager.default.fileExists(atPath: templateURL.path) {
+      var withTemplate = config ?? TokenizerConfig()
+      try withTemplate.readChatTemplateFile(templateURL)
+      config = withTemplate
+    }
     let data: Data
     do {
       data = file.pathExtension == "gz" ? try gunzip(file) : try Data(contentsOf: file)
