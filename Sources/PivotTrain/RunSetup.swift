@@ -156,7 +156,13 @@ public struct RunSetup {
   /// `chat_template` is the template this run trained with, so Pivot and transformers format
   /// prompts the way training did.
   func writeTokenizerConfig(into dir: String) throws {
-    let own = ((tokenizerPath as NSString).deletingLastPathComponent as NSString).appendingPathComponent("tokenizer_config.json")
+    let folder = (tokenizerPath as NSString).deletingLastPathComponent
+    // Current transformers keeps the template in chat_template.jinja; it travels with the model.
+    let jinja = (folder as NSString).appendingPathComponent("chat_template.jinja")
+    if FileManager.default.fileExists(atPath: jinja) {
+      try FileManager.default.copyItem(atPath: jinja, toPath: (dir as NSString).appendingPathComponent("chat_template.jinja"))
+    }
+    let own = (folder as NSString).appendingPathComponent("tokenizer_config.json")
     let dst = (dir as NSString).appendingPathComponent("tokenizer_config.json")
     if FileManager.default.fileExists(atPath: own) {
       try FileManager.default.copyItem(atPath: own, toPath: dst)

@@ -84,6 +84,9 @@ public final class Trainer {
   public var rankEvaluation: (() throws -> [String: Double])?
   /// Called when the run ends normally, to write the complete model (e.g. `final/`).
   public var onFinish: ((String) throws -> Void)?
+  /// Asked before each step: true saves a checkpoint and returns (SIGINT/SIGTERM by default;
+  /// tests stop one trainer this way without touching the process-wide flag others read).
+  public var stopRequested: () -> Bool = { Interrupt.requested }
 
   public init(recipe: Recipe, model: any TrainableModel, source: BatchSource, makeEvalSource: (() throws -> BatchSource)? = nil, base: [BaseReference] = []) throws {
     self.recipe = recipe
@@ -230,7 +233,7 @@ public final class Trainer {
     var lastMetrics: StepMetrics?
     var dataEnded = false
     while step < recipe.maxSteps && !dataEnded {
-      if Interrupt.requested {
+      if stopRequested() {
         let dir = try save(loss: lastLoss)
         onEvent(.checkpoint(step: step, path: dir))
         onEvent(.interrupted(step: step))

@@ -237,7 +237,12 @@ struct BridgeRankingTests {
     }
     let reference = logits(model)
     for (name, m) in [("final", loaded), ("export", reloaded), ("checkpoint", checkpointModel)] {
-      let d = zip(UnsafeBufferPointer(start: reference.ptr, count: reference.count), UnsafeBufferPointer(start: logits(m).ptr, count: reference.count)).map { abs($0 - $1) }.max()!
+      // The tensor is held while its pointer is read: a released temporary's buffer goes back to
+      // the pool, where a test running beside this one may write over it.
+      let other = logits(m)
+      let d = withExtendedLifetime(other) {
+        zip(UnsafeBufferPointer(start: reference.ptr, count: reference.count), UnsafeBufferPointer(start: other.ptr, count: reference.count)).map { abs($0 - $1) }.max()!
+      }
       #expect(d < 1e-6, "\(name): logits differ by \(d)")
     }
   }

@@ -79,11 +79,13 @@ struct TrainTests {
     var first: [Double] = []
     var interrupted = false
     let t2 = try Trainer(recipe: try recipe(output: part, steps: 8), model: tinyDecoder(), source: SyntheticSource(seed: 9, vocab: 48))
+    // This trainer's own stop request: the process-wide flag would stop other suites' runs too.
+    var stop = false
+    t2.stopRequested = { stop }
     try t2.run { event in
-      if case .step(let m) = event { first.append(m.loss); if m.step == 4 { Interrupt.requested = true } }
+      if case .step(let m) = event { first.append(m.loss); if m.step == 4 { stop = true } }
       if case .interrupted = event { interrupted = true }
     }
-    Interrupt.requested = false
     #expect(interrupted && first.count == 4)
     let ckpt = (part as NSString).appendingPathComponent("step-000004")
     #expect(FileManager.default.fileExists(atPath: ckpt + "/model.safetensors"))
