@@ -192,6 +192,19 @@ def build_composed():
     return m, init, pixels, ids, loss_of
 
 
+def adamw_losses(m, loss_of, steps=10):
+    """The losses of `steps` AdamW steps (lr 1e-3, decay 0.01) on m's trainable parameters."""
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        l = loss_of()
+        l.backward()
+        opt.step()
+        losses.append(l.item())
+    return losses
+
+
 def composed_fixture():
     cfgs = TINY
     m, init, pixels, ids, loss_of = build_composed()
@@ -210,16 +223,7 @@ def composed_fixture():
         loss.backward()
         tensors.update({f"{stage}.grad.{n}": p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
         meta[f"{stage}_loss"] = loss.item()
-        params = [p for p in m.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-        losses = []
-        for _ in range(10):
-            opt.zero_grad()
-            l = loss_of()
-            l.backward()
-            opt.step()
-            losses.append(l.item())
-        meta[f"{stage}_adamw_losses"] = losses
+        meta[f"{stage}_adamw_losses"] = adamw_losses(m, loss_of)
         meta[f"{stage}_trainable"] = list(trainable)
     # Greedy generation with an image, from the initial weights.
     m.load_state_dict(init, strict=False)
@@ -260,15 +264,7 @@ def composed_lora_fixture():
     tensors.update({"grad." + n.replace(".default", "").replace(".base_layer", ""): p.grad.clone()
                     for n, p in m.named_parameters() if p.grad is not None})
     meta = {"loss": loss.item(), "r": 4, "lora_alpha": 8, "trainable": sorted(n.replace(".default", "") for n, p in m.named_parameters() if p.requires_grad)}
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
-    losses = []
-    for _ in range(10):
-        opt.zero_grad()
-        l = loss_of()
-        l.backward()
-        opt.step()
-        losses.append(l.item())
-    meta["adamw_losses"] = losses
+    meta["adamw_losses"] = adamw_losses(m, loss_of)
     save("composed_tiny_lora", tensors, meta)
 
 

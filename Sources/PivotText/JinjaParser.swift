@@ -548,6 +548,10 @@ struct JinjaLexer {
     return (.integer(value), end)
   }
 
+  static let singleEscapes: [Unicode.Scalar: Unicode.Scalar] = [
+    "a": "\u{07}", "b": "\u{08}", "f": "\u{0C}", "n": "\n", "r": "\r", "t": "\t", "v": "\u{0B}",
+  ]
+
   /// Python's unicode-escape decoding of a string literal's body.
   private func unescape(_ range: Range<Int>) throws -> String {
     var out = String.UnicodeScalarView()
@@ -574,26 +578,8 @@ struct JinjaLexer {
       case "\\", "'", "\"":
         out.append(e)
         k += 1
-      case "a":
-        out.append("\u{07}")
-        k += 1
-      case "b":
-        out.append("\u{08}")
-        k += 1
-      case "f":
-        out.append("\u{0C}")
-        k += 1
-      case "n":
-        out.append("\n")
-        k += 1
-      case "r":
-        out.append("\r")
-        k += 1
-      case "t":
-        out.append("\t")
-        k += 1
-      case "v":
-        out.append("\u{0B}")
+      case _ where Self.singleEscapes[e] != nil:  // Python's one-letter escapes
+        out.append(Self.singleEscapes[e]!)
         k += 1
       case "0"..."7":
         var value: UInt32 = 0

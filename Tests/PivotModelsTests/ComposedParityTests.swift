@@ -69,16 +69,23 @@ struct ComposedParityTests {
     fresh.languageModel.recomputedLayers = recompute
     try fresh.freeze()
     try fresh.unfreeze(trainable)
-    let opt = AdamW(parameters: fresh.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
-    for (step, expected) in (fx.meta["\(stage)_adamw_losses"] as! [Double]).enumerated() {
-      opt.zeroGrad()
-      let l = fresh.loss(ids: ids, labels: labels, batch: b, length: t, pixels: pixels, imageStarts: [0, 0]).loss
-      l.backward()
-      opt.step(lr: 1e-3)
-      #expect(abs(Double(l.item) - expected) / expected < tol.steps, "\(stage) step \(step): \(l.item) vs \(expected)")
-    }
+    Self.expectAdamWLosses(fresh, fx.meta["\(stage)_adamw_losses"] as! [Double], ids: ids, labels: labels, b: b, t: t, pixels: pixels,
+                           tolerance: tol.steps, label: stage)
     let after = Dictionary(uniqueKeysWithValues: fresh.namedParameters().map { ($0.0, $0.1) })
     for (name, before) in frozenBefore { #expect(after[name]!.scalars == before, "frozen \(name) changed during \(stage)") }
+  }
+
+  /// AdamW (lr 1e-3, decay 0.01) on `m`'s trainable parameters: each step's loss against PyTorch's, relative.
+  static func expectAdamWLosses(_ m: ChatModel, _ expected: [Double], ids: [Int32], labels: [Int32], b: Int, t: Int, pixels: Tensor,
+                                tolerance: Double, label: String) {
+    let opt = AdamW(parameters: m.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
+    for (step, want) in expected.enumerated() {
+      opt.zeroGrad()
+      let l = m.loss(ids: ids, labels: labels, batch: b, length: t, pixels: pixels, imageStarts: [0, 0]).loss
+      l.backward()
+      opt.step(lr: 1e-3)
+      #expect(abs(Double(l.item) - want) / want < tolerance, "\(label) step \(step): \(l.item) vs \(want)")
+    }
   }
 
   /// Stage 1: only the Q-Former, queries and projection train; ViT and LLM bytes stay the same.
@@ -134,14 +141,8 @@ struct ComposedParityTests {
     for (name, p) in m.namedParameters() where !p.requiresGrad { #expect(p.grad == nil, "frozen \(name) has a gradient buffer") }
 
     let fresh = try adapted()
-    let opt = AdamW(parameters: fresh.trainableParameters(), groups: [ParameterGroup(name: "all", patterns: ["*"], weightDecay: 0.01)])
-    for (step, expected) in (lora.meta["adamw_losses"] as! [Double]).enumerated() {
-      opt.zeroGrad()
-      let l = fresh.loss(ids: ids, labels: labels, batch: b, length: t, pixels: pixels, imageStarts: [0, 0]).loss
-      l.backward()
-      opt.step(lr: 1e-3)
-      #expect(abs(Double(l.item) - expected) / expected < 1e-5, "step \(step): \(l.item) vs \(expected)")
-    }
+    Self.expectAdamWLosses(fresh, lora.meta["adamw_losses"] as! [Double], ids: ids, labels: labels, b: b, t: t, pixels: pixels,
+                           tolerance: 1e-5, label: "LoRA")
   }
 
   @Test func greedyGenerationWithAnImage() throws {
