@@ -188,6 +188,6 @@ func pngChunks(_ data: [UInt8]) -> [(type: String, offset: Int, length: Int)] {
       key: "p", url: "",
       fields: [SampleField(name: "jpg", data: PNGFixtures.png("rgb8")), SampleField(name: "txt", data: [65])])
     #expect(try decoder.prepare(sample).pixels?.count == 3 * 8 * 8)
-    #expect(SampleFields().image == ["jpg", "jpeg", "png"])
+    #expect(SampleFields().image == ["jpg", "jpeg", "png", "webp"])
   }
 }
