@@ -27,9 +27,19 @@ public struct LoRASettings: Sendable, Codable, Equatable {
 
 /// Dropout masks on the adapter path come from this seed mixed with each layer's own, so a
 /// layer rerun in backward (recomputation) or a resumed step draws the same mask. The trainer
-/// sets it before each micro-batch.
+/// sets it before each micro-batch. Per thread, as `GradMode` is, so trainers running side by side
+/// (tests, evaluation threads) never draw each other's masks.
 public enum LoRADropout {
-  nonisolated(unsafe) public static var stepSeed: UInt64 = 0
+  private static let key: pthread_key_t = {
+    var k = pthread_key_t()
+    pthread_key_create(&k, nil)
+    return k
+  }()
+
+  public static var stepSeed: UInt64 {
+    get { UInt64(UInt(bitPattern: pthread_getspecific(key))) }
+    set { pthread_setspecific(key, UnsafeRawPointer(bitPattern: UInt(newValue))) }
+  }
 }
 
 public enum LoRAError: Error, CustomStringConvertible {
