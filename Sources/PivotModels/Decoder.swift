@@ -67,6 +67,22 @@ public final class DecoderLM: Module, @unchecked Sendable {
     /// q/k/v and gate/up as single products, once `stackFrozenProjections` made them.
     var qkv: StackedLinear?
     var gateUp: StackedLinear?
+
+    /// q, k, v of normed rows: one stacked product when no gradient is recorded and no adapter
+    /// adds to a projection, else the three Linears.
+    func qkvProjections(_ y: Tensor) -> (Tensor, Tensor, Tensor) {
+      let a = selfAttn
+      if !GradMode.isEnabled, !a.qProj.hasAdapter, !a.kProj.hasAdapter, !a.vProj.hasAdapter, let s = qkv?(y) { return (s[0], s[1], s[2]) }
+      return (a.qProj(y), a.kProj(y), a.vProj(y))
+    }
+
+    /// The SwiGLU MLP of normed rows, gate and up stacked under the same rule.
+    func mlpOutput(_ z: Tensor) -> Tensor {
+      if !GradMode.isEnabled, !mlp.gateProj.hasAdapter, !mlp.upProj.hasAdapter, let gu = gateUp?(z) {
+        return mlp.downProj(swiglu(gate: gu[0], up: gu[1]))
+      }
+      return mlp.downProj(swiglu(gate: mlp.gateProj(z), up: mlp.upProj(z)))
+    }
   }
   public final class Body: Module, @unchecked Sendable {
     public let embedTokens: Embedding
@@ -153,9 +169,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
     let c = config, hs = c.resolvedHeadDim
     let a = layer.selfAttn
     let y = layer.inputLayernorm(h)
-    // Stacked products (inference) only where no adapter adds to a projection.
-    let stacked = GradMode.isEnabled || a.qProj.hasAdapter || a.kProj.hasAdapter || a.vProj.hasAdapter ? nil : layer.qkv?(y)
-    let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
+    let (qLin, kLin, vLin) = layer.qkvProjections(y)
     let q = rope(reshape(qLin, [b, t, c.numAttentionHeads, hs]), table: table)
     let k = rope(reshape(kLin, [b, t, c.numKeyValueHeads, hs]), table: table)
     let v = reshape(vLin, [b, t, c.numKeyValueHeads, hs])
@@ -167,11 +181,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
       attn = attention(q, k, v, causal: true)
     }
     let h = h + a.oProj(reshape(attn, [b, t, c.numAttentionHeads * hs]))
-    let z = layer.postAttentionLayernorm(h)
-    if !GradMode.isEnabled, !layer.mlp.gateProj.hasAdapter, !layer.mlp.upProj.hasAdapter, let gateUp = layer.gateUp?(z) {
-      return h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
-    }
-    return h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
+    return h + layer.mlpOutput(layer.postAttentionLayernorm(h))
   }
 
   /// One decode step of N independent sequences, each with its own cache (its own length): the
@@ -189,8 +199,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
       for (i, layer) in model.layers.enumerated() {
         let a = layer.selfAttn
         let y = layer.inputLayernorm(h)
-        let stacked = a.qProj.hasAdapter || a.kProj.hasAdapter || a.vProj.hasAdapter ? nil : layer.qkv?(y)
-        let (qLin, kLin, vLin) = stacked.map { ($0[0], $0[1], $0[2]) } ?? (a.qProj(y), a.kProj(y), a.vProj(y))
+        let (qLin, kLin, vLin) = layer.qkvProjections(y)
         let q = rope(reshape(qLin, [n, 1, nh, hs]), table: table)  // (N, 1, NH, HS)
         let k = rope(reshape(kLin, [n, 1, nkv, hs]), table: table)  // (N, 1, NKV, HS)
         let v = reshape(vLin, [n, 1, nkv, hs])
@@ -201,12 +210,7 @@ public final class DecoderLM: Module, @unchecked Sendable {
           (attn.ptr + r * nh * hs).update(from: row.ptr, count: nh * hs)
         }
         h = h + a.oProj(reshape(attn, [n, 1, nh * hs]))
-        let z = layer.postAttentionLayernorm(h)
-        if !layer.mlp.gateProj.hasAdapter, !layer.mlp.upProj.hasAdapter, let gateUp = layer.gateUp?(z) {
-          h = h + layer.mlp.downProj(swiglu(gate: gateUp[0], up: gateUp[1]))
-        } else {
-          h = h + layer.mlp.downProj(swiglu(gate: layer.mlp.gateProj(z), up: layer.mlp.upProj(z)))
-        }
+        h = h + layer.mlpOutput(layer.postAttentionLayernorm(h))
       }
       for cache in caches { cache.length += 1 }
       return logits(reshape(h, [n, c.hiddenSize]))

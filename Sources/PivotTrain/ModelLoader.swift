@@ -8,6 +8,20 @@ public enum LoadedModel {
   case chat(ChatModel)
   case llm(DecoderLM)
 
+  /// The LLM (the chat model's language model).
+  public var languageModel: DecoderLM {
+    switch self { case .chat(let m): m.languageModel; case .llm(let m): m }
+  }
+
+  /// Applies a PEFT LoRA folder, unmerged, to the LLM; `name` is the model's folder, for errors.
+  public func applyAdapter(_ dir: String, name: String) throws {
+    if case .chat = self {
+      try PEFTAdapter.apply(dir, to: languageModel, model: "\(name) (its language model)")
+    } else {
+      try PEFTAdapter.apply(dir, to: languageModel, model: name)
+    }
+  }
+
   public var module: any TrainableModel {
     switch self { case .chat(let m): m; case .llm(let m): m }
   }

@@ -20,12 +20,7 @@ struct Export: ParsableCommand {
 
   func run() throws {
     let (loaded, tokenizerFolder) = try ModelLoader.load(model)
-    if let adapter {
-      switch loaded {
-      case .llm(let m): try PEFTAdapter.apply(adapter, to: m, model: model)
-      case .chat(let m): try PEFTAdapter.apply(adapter, to: m.languageModel, model: "\(model) (its language model)")
-      }
-    }
+    if let adapter { try loaded.applyAdapter(adapter, name: model) }
     let tokenizer = tokenizerFolder.map { ($0 as NSString).appendingPathComponent("tokenizer.json") }.flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil }
     let llm: DecoderLM
     switch loaded {

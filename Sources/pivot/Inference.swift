@@ -29,12 +29,7 @@ final class Assistant {
       DispatchQueue.global().async(group: loading) { pending.tokenizer = try? Tokenizer(contentsOf: URL(fileURLWithPath: modelDir)) }
     }
     let (model, folder) = try ModelLoader.load(modelDir, keepingBF16: dtype != "fp32")
-    if let adapter {
-      switch model {
-      case .llm(let m): try PEFTAdapter.apply(adapter, to: m, model: modelDir)
-      case .chat(let m): try PEFTAdapter.apply(adapter, to: m.languageModel, model: "\(modelDir) (its language model)")
-      }
-    }
+    if let adapter { try model.applyAdapter(adapter, name: modelDir) }
     try model.module.freeze()  // inference: nothing trains, so frozen storage and fused products apply
     if dtype == "bf16" { model.module.storeFrozenWeightsInBF16() }
     switch model {

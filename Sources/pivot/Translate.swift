@@ -53,8 +53,7 @@ struct Translate: ParsableCommand {
     let log = try TranslationLog(output: out)
     if !log.done.isEmpty { eprint("resuming: \(log.done.count) of \(records.count) records already translated in \(log.partialPath)") }
     let assistant = try Assistant(modelDir: model, chatTemplate: chatTemplate)
-    let llm: DecoderLM
-    switch assistant.model { case .llm(let m): llm = m; case .chat(let m): llm = m.languageModel }
+    let llm = assistant.model.languageModel
     let language = Self.languages[to] ?? to
     var job = TranslationJob(batchSize: batch) { lines, attempt in
       try self.generate(lines, attempt: attempt, llm: llm, assistant: assistant, language: language)
