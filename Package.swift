@@ -22,6 +22,7 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
   ],
   targets: [
     .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
@@ -39,10 +40,11 @@ let package = Package(
     .target(name: "PivotNN", dependencies: ["PivotTensor"], swiftSettings: kernels),
     .target(name: "PivotModels", dependencies: ["PivotNN"], swiftSettings: fast),
     .target(name: "PivotTrain", dependencies: ["PivotModels", "PivotData", "PivotText", .product(name: "Yams", package: "Yams")], swiftSettings: fast),
+    .target(name: "PivotServe", dependencies: ["PivotTrain", .product(name: "Hummingbird", package: "hummingbird")], swiftSettings: fast),
     .executableTarget(
       name: "pivot",
       dependencies: [
-        "PivotTensor", "PivotNN", "PivotModels", "PivotTrain", "PivotData", "PivotText", "COpenBLAS",
+        "PivotTensor", "PivotNN", "PivotModels", "PivotTrain", "PivotData", "PivotText", "PivotServe", "COpenBLAS",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .testTarget(name: "PivotTensorTests", dependencies: ["PivotTensor", "PivotNN"], resources: [.copy("Fixtures")]),
@@ -50,6 +52,7 @@ let package = Package(
     .testTarget(name: "PivotModelsTests", dependencies: ["PivotModels"], resources: [.copy("Fixtures")]),
     .testTarget(name: "PivotTrainTests", dependencies: ["PivotTrain", "PivotData", "PivotText"]),
     .testTarget(name: "PivotTextTests", dependencies: ["PivotText"], resources: [.copy("Fixtures")]),
+    .testTarget(name: "PivotServeTests", dependencies: ["PivotServe", "PivotTrain", "PivotModels", "PivotData", "PivotText", "PivotTensor"]),
     .testTarget(name: "PivotDataTests", dependencies: ["PivotData"], resources: [.copy("Fixtures")]),
   ]
 )
