@@ -166,17 +166,19 @@ extension Kernels {
 
   // MARK: GEMV
 
-  /// out (M) = W (M, K) · inp (K) [+ bias (M)], W float32 or bfloat16 bits, float32 accumulation.
-  /// Decode is one of these per projection and is bound by reading W once: rows go to Pivot's
-  /// workers in contiguous blocks, four rows at a time share each load of `inp`, and two
-  /// accumulators per row keep eight independent streams of loads in flight.
+  /// out (N, M) = inp (N, K) · W (M, K)ᵀ [+ bias (M)], W float32 or bfloat16 bits, float32
+  /// accumulation, for few rows N (decode: one row per sequence). Bound by reading W: rows of W
+  /// go to Pivot's workers in contiguous blocks, four at a time share each load of an input, and
+  /// a block of four is used by every input row while it is in cache, so N rows read W from
+  /// memory once. Each input row's arithmetic is the same whatever N is, so a sequence decoded
+  /// beside others gets exactly the numbers it gets alone.
   @inline(__always)
   static func gemv<W: GEMVWeight>(
     _: W.Type, out: UnsafeMutablePointer<Float>, weight: UnsafePointer<W>, inp: UnsafePointer<Float>,
-    bias: UnsafePointer<Float>?, m: Int, k: Int
+    bias: UnsafePointer<Float>?, m: Int, k: Int, rows n: Int = 1
   ) {
     let k16 = k & ~15, k8 = k & ~7
-    @inline(__always) func rest(_ row: UnsafePointer<W>, _ acc: SIMD8<Float>) -> Float {
+    @inline(__always) func rest(_ row: UnsafePointer<W>, _ inp: UnsafePointer<Float>, _ acc: SIMD8<Float>) -> Float {
       var acc = acc
       if k16 < k8 { acc.addProduct(W.load8(row + k16), UnsafeRawPointer(inp + k16).loadUnaligned(as: SIMD8<Float>.self)) }
       var s = acc.sum()
@@ -187,72 +189,84 @@ extension Kernels {
       var r = rows.lowerBound
       while r + 4 <= rows.upperBound {
         let w0 = weight + r * k, w1 = w0 + k, w2 = w1 + k, w3 = w2 + k
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-        var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
-        var j = 0
-        while j < k16 {
-          let x = UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self)
-          let y = UnsafeRawPointer(inp + j + 8).loadUnaligned(as: SIMD8<Float>.self)
-          a0.addProduct(W.load8(w0 + j), x); b0.addProduct(W.load8(w0 + j + 8), y)
-          a1.addProduct(W.load8(w1 + j), x); b1.addProduct(W.load8(w1 + j + 8), y)
-          a2.addProduct(W.load8(w2 + j), x); b2.addProduct(W.load8(w2 + j + 8), y)
-          a3.addProduct(W.load8(w3 + j), x); b3.addProduct(W.load8(w3 + j + 8), y)
-          j += 16
+        for b in 0..<n {
+          let inp = inp + b * k, out = out + b * m
+          var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+          var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+          var j = 0
+          while j < k16 {
+            let x = UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self)
+            let y = UnsafeRawPointer(inp + j + 8).loadUnaligned(as: SIMD8<Float>.self)
+            a0.addProduct(W.load8(w0 + j), x); b0.addProduct(W.load8(w0 + j + 8), y)
+            a1.addProduct(W.load8(w1 + j), x); b1.addProduct(W.load8(w1 + j + 8), y)
+            a2.addProduct(W.load8(w2 + j), x); b2.addProduct(W.load8(w2 + j + 8), y)
+            a3.addProduct(W.load8(w3 + j), x); b3.addProduct(W.load8(w3 + j + 8), y)
+            j += 16
+          }
+          out[r] = rest(w0, inp, a0 + b0) + (bias?[r] ?? 0)
+          out[r + 1] = rest(w1, inp, a1 + b1) + (bias?[r + 1] ?? 0)
+          out[r + 2] = rest(w2, inp, a2 + b2) + (bias?[r + 2] ?? 0)
+          out[r + 3] = rest(w3, inp, a3 + b3) + (bias?[r + 3] ?? 0)
         }
-        out[r] = rest(w0, a0 + b0) + (bias?[r] ?? 0)
-        out[r + 1] = rest(w1, a1 + b1) + (bias?[r + 1] ?? 0)
-        out[r + 2] = rest(w2, a2 + b2) + (bias?[r + 2] ?? 0)
-        out[r + 3] = rest(w3, a3 + b3) + (bias?[r + 3] ?? 0)
         r += 4
       }
       while r < rows.upperBound {
         let w0 = weight + r * k
-        var a0 = SIMD8<Float>(), b0 = SIMD8<Float>()
-        var j = 0
-        while j < k16 {
-          a0.addProduct(W.load8(w0 + j), UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self))
-          b0.addProduct(W.load8(w0 + j + 8), UnsafeRawPointer(inp + j + 8).loadUnaligned(as: SIMD8<Float>.self))
-          j += 16
+        for b in 0..<n {
+          let inp = inp + b * k
+          var a0 = SIMD8<Float>(), b0 = SIMD8<Float>()
+          var j = 0
+          while j < k16 {
+            a0.addProduct(W.load8(w0 + j), UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self))
+            b0.addProduct(W.load8(w0 + j + 8), UnsafeRawPointer(inp + j + 8).loadUnaligned(as: SIMD8<Float>.self))
+            j += 16
+          }
+          out[b * m + r] = rest(w0, inp, a0 + b0) + (bias?[r] ?? 0)
         }
-        out[r] = rest(w0, a0 + b0) + (bias?[r] ?? 0)
         r += 1
       }
     }
   }
 
-  /// out (M) = W (M, K) · inp (K) [+ bias], W float32.
+  /// out (N, M) = inp (N, K) · W (M, K)ᵀ [+ bias], W float32; see `gemv`.
   public static func gemvF32(
-    out: UnsafeMutablePointer<Float>, weight: UnsafePointer<Float>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?, m: Int, k: Int
+    out: UnsafeMutablePointer<Float>, weight: UnsafePointer<Float>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?, m: Int, k: Int,
+    rows n: Int = 1
   ) {
-    gemv(Float.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k)
+    gemv(Float.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k, rows: n)
   }
 
-  /// out (M) = W (M, K) · inp (K) [+ bias], W bfloat16 bits. For even K, each 32-bit load holds
-  /// two weights: `<< 16` makes the even one a float32 and `& 0xFFFF0000` the odd one, so
-  /// widening costs two bit operations per 16 weights, against inputs split into even and odd lanes once per call.
+  /// out (N, M) = inp (N, K) · W (M, K)ᵀ [+ bias], W bfloat16 bits. For even K, each 32-bit load
+  /// holds two weights: `<< 16` makes the even one a float32 and `& 0xFFFF0000` the odd one, so
+  /// widening costs two bit operations per 16 weights, against inputs split into even and odd
+  /// lanes once per call. Several rows share each block of W as `gemv` does.
   public static func gemvBF16(
-    out: UnsafeMutablePointer<Float>, weight: UnsafePointer<UInt16>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?, m: Int, k: Int
+    out: UnsafeMutablePointer<Float>, weight: UnsafePointer<UInt16>, inp: UnsafePointer<Float>, bias: UnsafePointer<Float>?, m: Int, k: Int,
+    rows n: Int = 1
   ) {
     guard k % 2 == 0, k >= 32 else {
-      gemv(UInt16.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k)
+      gemv(UInt16.self, out: out, weight: weight, inp: inp, bias: bias, m: m, k: k, rows: n)
       return
     }
     let half = k / 2
-    let split = UnsafeMutablePointer<Float>.allocate(capacity: k)  // (2, K/2): even lanes, then odd lanes
+    let split = UnsafeMutablePointer<Float>.allocate(capacity: n * k)  // (N, 2, K/2): each row's even lanes, then odd lanes
     defer { split.deallocate() }
-    for i in 0..<half { split[i] = inp[2 * i]; split[half + i] = inp[2 * i + 1] }
-    let even = UnsafePointer(split), odd = UnsafePointer(split + half)
+    for b in 0..<n {
+      let x = inp + b * k, e = split + b * k
+      for i in 0..<half { e[i] = x[2 * i]; e[half + i] = x[2 * i + 1] }
+    }
     let h8 = half & ~7
-    /// Pairs `from..<K/2` of one row, one at a time (after the 8-pair SIMD loop).
-    @inline(__always) func pairTail(_ row: UnsafePointer<UInt16>, from start: Int) -> Float {
+    /// Pairs `from..<K/2` of one weight row against one input row, one at a time (after the 8-pair SIMD loop).
+    @inline(__always) func pairTail(_ row: UnsafePointer<UInt16>, _ even: UnsafePointer<Float>, from start: Int) -> Float {
+      let odd = even + half
       var s: Float = 0
       for i in start..<half {
         s += Float(bitPattern: UInt32(row[2 * i]) << 16) * even[i] + Float(bitPattern: UInt32(row[2 * i + 1]) << 16) * odd[i]
       }
       return s
     }
-    @inline(__always) func dot(_ row: UnsafePointer<UInt16>) -> Float {
-      let pairs = UnsafeRawPointer(row)
+    @inline(__always) func dot(_ row: UnsafePointer<UInt16>, _ even: UnsafePointer<Float>) -> Float {
+      let pairs = UnsafeRawPointer(row), odd = even + half
       var a = SIMD8<Float>(), b = SIMD8<Float>()
       var i = 0
       while i < h8 {
@@ -261,38 +275,78 @@ extension Kernels {
         b.addProduct(unsafeBitCast(u & 0xFFFF_0000, to: SIMD8<Float>.self), UnsafeRawPointer(odd + i).loadUnaligned(as: SIMD8<Float>.self))
         i += 8
       }
-      return (a + b).sum() + pairTail(row, from: i)
+      return (a + b).sum() + pairTail(row, even, from: i)
     }
     parallelFor(m, grain: max(4, 65536 / k)) { rows in
       var r = rows.lowerBound
       // Four rows per pass: four weight streams in flight (decode waits on memory, not arithmetic).
       while r + 4 <= rows.upperBound {
         let w0 = UnsafeRawPointer(weight + r * k), w1 = w0 + 2 * k, w2 = w1 + 2 * k, w3 = w2 + 2 * k
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-        var i = 0
-        while i < h8 {
-          let xe = UnsafeRawPointer(even + i).loadUnaligned(as: SIMD8<Float>.self)
-          let xo = UnsafeRawPointer(odd + i).loadUnaligned(as: SIMD8<Float>.self)
-          let u0 = w0.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
-          let u1 = w1.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
-          let u2 = w2.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
-          let u3 = w3.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
-          a0.addProduct(unsafeBitCast(u0 &<< 16, to: SIMD8<Float>.self), xe)
-          a1.addProduct(unsafeBitCast(u1 &<< 16, to: SIMD8<Float>.self), xe)
-          a2.addProduct(unsafeBitCast(u2 &<< 16, to: SIMD8<Float>.self), xe)
-          a3.addProduct(unsafeBitCast(u3 &<< 16, to: SIMD8<Float>.self), xe)
-          a0.addProduct(unsafeBitCast(u0 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
-          a1.addProduct(unsafeBitCast(u1 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
-          a2.addProduct(unsafeBitCast(u2 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
-          a3.addProduct(unsafeBitCast(u3 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
-          i += 8
+        // Four input rows at a time: two weight rows widened once serve all four (eight
+        // accumulators, each summed in the same order as below and as one row alone).
+        var grouped = 0
+        while grouped + 4 <= n {
+          for pair in stride(from: 0, to: 4, by: 2) {
+            let p0 = w0 + pair * 2 * k, p1 = p0 + 2 * k
+            let e0 = UnsafePointer(split + grouped * k), e1 = e0 + k, e2 = e1 + k, e3 = e2 + k
+            var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>(), a03 = SIMD8<Float>()
+            var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>(), a13 = SIMD8<Float>()
+            var i = 0
+            while i < h8 {
+              let u0 = p0.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+              let u1 = p1.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+              let ev0 = unsafeBitCast(u0 &<< 16, to: SIMD8<Float>.self), od0 = unsafeBitCast(u0 & 0xFFFF_0000, to: SIMD8<Float>.self)
+              let ev1 = unsafeBitCast(u1 &<< 16, to: SIMD8<Float>.self), od1 = unsafeBitCast(u1 & 0xFFFF_0000, to: SIMD8<Float>.self)
+              @inline(__always) func step(_ x: UnsafePointer<Float>, _ a0: inout SIMD8<Float>, _ a1: inout SIMD8<Float>) {
+                let xe = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+                let xo = UnsafeRawPointer(x + half + i).loadUnaligned(as: SIMD8<Float>.self)
+                a0.addProduct(ev0, xe)
+                a1.addProduct(ev1, xe)
+                a0.addProduct(od0, xo)
+                a1.addProduct(od1, xo)
+              }
+              step(e0, &a00, &a10)
+              step(e1, &a01, &a11)
+              step(e2, &a02, &a12)
+              step(e3, &a03, &a13)
+              i += 8
+            }
+            let sums = (SIMD4<Float>(a00.sum(), a01.sum(), a02.sum(), a03.sum()), SIMD4<Float>(a10.sum(), a11.sum(), a12.sum(), a13.sum()))
+            for q in 0..<2 {
+              let row = r + pair + q, rowSums = q == 0 ? sums.0 : sums.1
+              for t in 0..<4 { out[(grouped + t) * m + row] = rowSums[t] + pairTail(weight + row * k, e0 + t * k, from: i) + (bias?[row] ?? 0) }
+            }
+          }
+          grouped += 4
         }
-        let sums = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
-        for q in 0..<4 { out[r + q] = sums[q] + pairTail(weight + (r + q) * k, from: i) + (bias?[r + q] ?? 0) }
+        for b in grouped..<n {
+          let even = UnsafePointer(split + b * k), odd = even + half, out = out + b * m
+          var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+          var i = 0
+          while i < h8 {
+            let xe = UnsafeRawPointer(even + i).loadUnaligned(as: SIMD8<Float>.self)
+            let xo = UnsafeRawPointer(odd + i).loadUnaligned(as: SIMD8<Float>.self)
+            let u0 = w0.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+            let u1 = w1.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+            let u2 = w2.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+            let u3 = w3.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
+            a0.addProduct(unsafeBitCast(u0 &<< 16, to: SIMD8<Float>.self), xe)
+            a1.addProduct(unsafeBitCast(u1 &<< 16, to: SIMD8<Float>.self), xe)
+            a2.addProduct(unsafeBitCast(u2 &<< 16, to: SIMD8<Float>.self), xe)
+            a3.addProduct(unsafeBitCast(u3 &<< 16, to: SIMD8<Float>.self), xe)
+            a0.addProduct(unsafeBitCast(u0 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+            a1.addProduct(unsafeBitCast(u1 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+            a2.addProduct(unsafeBitCast(u2 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+            a3.addProduct(unsafeBitCast(u3 & 0xFFFF_0000, to: SIMD8<Float>.self), xo)
+            i += 8
+          }
+          let sums = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
+          for q in 0..<4 { out[r + q] = sums[q] + pairTail(weight + (r + q) * k, even, from: i) + (bias?[r + q] ?? 0) }
+        }
         r += 4
       }
       while r < rows.upperBound {
-        out[r] = dot(weight + r * k) + (bias?[r] ?? 0)
+        for b in 0..<n { out[b * m + r] = dot(weight + r * k, split + b * k) + (bias?[r] ?? 0) }
         r += 1
       }
     }
@@ -317,6 +371,10 @@ extension UInt16: GEMVWeight {
   @inline(__always) static func widen(_ x: UInt16) -> Float { Float(bitPattern: UInt32(x) << 16) }
 }
 
+/// Inference rows up to this many go through the GEMV kernels (each row as it would go alone);
+/// more go through GEMM.
+public let gemvMaxRows = 8
+
 /// Output features converted to float32 per tile when more than one row goes through a
 /// bfloat16 weight: a tile (128, in) stays in L2 while SGEMM reads it.
 let bf16TileRows = 128
@@ -333,8 +391,8 @@ public func linear(_ x: Tensor, _ weight: BF16Matrix, _ bias: Tensor? = nil) -> 
   let out = Tensor(empty: Array(x.shape.dropLast()) + [outF])  // (N, out)
   let tiles = (outF + bf16TileRows - 1) / bf16TileRows
   let bf16 = n > 1 && MatmulPrecision.current == .bfloat16
-  if n == 1 {
-    Kernels.gemvBF16(out: out.ptr, weight: weight.bits, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
+  if n == 1 || (n <= gemvMaxRows && !GradMode.isEnabled) {  // decode, one row per sequence
+    Kernels.gemvBF16(out: out.ptr, weight: weight.bits, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF, rows: n)
   } else {
     if let bias { Kernels.seedRows(out.ptr, with: bias.ptr, rows: n, cols: outF) }
     if bf16 {  // bfloat16 products read the bits as they are: B = Wᵀ

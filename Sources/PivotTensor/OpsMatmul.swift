@@ -91,8 +91,10 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
   let out = Tensor(empty: Array(x.shape.dropLast()) + [outF])
   // The precision in effect when the op runs also rules its backward, as autocast does.
   let bf16 = n > 1 && MatmulPrecision.current == .bfloat16
-  if n == 1 {  // one row (decode): a GEMV streams W once, where SGEMM would pack it first
-    Kernels.gemvF32(out: out.ptr, weight: weight.ptr, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF)
+  // Decode (one row, or a few sequences' rows under no-grad): a GEMV streams W once, where SGEMM
+  // would pack it first, and gives each row what it gets alone.
+  if n == 1 || (n <= gemvMaxRows && !GradMode.isEnabled) {
+    Kernels.gemvF32(out: out.ptr, weight: weight.ptr, inp: x.ptr, bias: bias?.ptr, m: outF, k: inF, rows: n)
   } else {
     if let bias { Kernels.seedRows(out.ptr, with: bias.ptr, rows: n, cols: outF) }
     if bf16 {  // B = Wᵀ: B[p][j] = W[j][p]

@@ -32,6 +32,7 @@ struct Bench: ParsableCommand {
   var loraAlpha: Double = 32
   @Option(help: "Products of more than one row: fp32, or bf16 (operands rounded to bfloat16, float32 sums; AMX tiles where the CPU has them). Recipe key model.matmul.")
   var matmul: String = "fp32"
+  @Option(help: "decode: sequences decoded together, one step for all (what pivot serve does with concurrent requests); tokens_per_s is their sum.") var streams: Int = 1
   @Option(help: "Worker threads (Pivot and OpenBLAS).") var threads: Int = ProcessInfo.processInfo.activeProcessorCount
   @Option(help: "Seconds of timed repetitions per measurement (gemm).") var seconds: Double = 1.5
   @Option(help: "Untimed warm-up repetitions (default: torch_ref.py's count for the scale and phase).") var warmup: Int?
@@ -46,6 +47,7 @@ struct Bench: ParsableCommand {
     }
     guard ["fp32", "bf16"].contains(dtype) else { throw ValidationError("unknown dtype '\(dtype)' (fp32 or bf16)") }
     guard loraRank >= 0, loraAlpha > 0 else { throw ValidationError("--lora-rank must be ≥ 0 and --lora-alpha > 0") }
+    guard (1...64).contains(streams) else { throw ValidationError("--streams must be in 1…64, not \(streams)") }
   }
 
   /// shared/bench/configs beside the repository (this file is Sources/pivot/Bench.swift).
@@ -73,7 +75,8 @@ struct Bench: ParsableCommand {
       try ModelBench(
         scale: scale, phase: phase, configDir: configs ?? Self.defaultConfigDir, threads: threads, dtype: dtype,
         warmupOverride: warmup, repsOverride: reps, llmWeights: llmWeights, recomputeLayers: recomputeLayers,
-        lora: loraRank > 0 ? LoRASettings(rank: loraRank, alpha: loraAlpha, targets: ["language_model.*_proj"]) : nil
+        lora: loraRank > 0 ? LoRASettings(rank: loraRank, alpha: loraAlpha, targets: ["language_model.*_proj"]) : nil,
+        streams: streams
       ).run()
     }
   }

@@ -21,6 +21,8 @@ struct ModelBench {
   let recomputeLayers: Int
   /// Training phases: adapters on the LLM's projections (PEFT's r, alpha, target_modules).
   var lora: LoRASettings? = nil
+  /// decode: sequences decoded together, one `decodeStep` a token for all (continuous batching).
+  var streams = 1
 
   /// (warm-up, timed repetitions) per scale and phase, as torch_ref.py's DEFAULT_REPS.
   static let defaultReps: [String: [String: (Int, Int)]] = [
@@ -281,7 +283,19 @@ struct ModelBench {
     let n = Self.decodeNewTokens
     let cache = KVCache(config: lm.config, capacity: length + n)
 
+    let caches = (0..<streams).map { _ in KVCache(config: lm.config, capacity: length + n) }
     func runOnce() -> (Double, [Int32]) {
+      if streams > 1 {  // each sequence prefilled alone, then decoded beside the others
+        var next = caches.map { prefill(s, cache: $0).1 }
+        var tokens: [Int32] = []
+        let t0 = BenchClock.now()
+        for _ in 0..<n {
+          let logits = lm.decodeStep(next, caches: caches)  // (streams, V)
+          next = (0..<streams).map { argmax(slice(logits, axis: 0, $0..<($0 + 1))) }
+          tokens.append(next[0])
+        }
+        return (BenchClock.now() - t0, tokens)
+      }
       var (_, next) = prefill(s, cache: cache)
       var tokens: [Int32] = []
       let t0 = BenchClock.now()
@@ -296,7 +310,7 @@ struct ModelBench {
     }
 
     let (warmup, reps) = reps()
-    eprint("[\(scale) decode] build \(String(format: "%.1f", buildSeconds))s, warmup \(warmup), reps \(reps), BLAS core \(Threads.blasCore), \(dtype)")
+    eprint("[\(scale) decode] build \(String(format: "%.1f", buildSeconds))s, warmup \(warmup), reps \(reps), BLAS core \(Threads.blasCore), \(dtype), \(streams) stream(s)")
     let calibBefore = BenchClock.calibrationGflops()
     for _ in 0..<warmup { _ = runOnce() }
     var times: [Double] = []
@@ -306,7 +320,7 @@ struct ModelBench {
       let (dt, toks) = runOnce()
       times.append(dt)
       tokens = toks
-      eprint(String(format: "  rep %d: %.3fs (%.1f tok/s)", i, dt, Double(n) / dt))
+      eprint(String(format: "  rep %d: %.3fs (%.1f tok/s)", i, dt, Double(n * streams) / dt))
     }
     let cores = meter.effectiveCores()
     let calibAfter = BenchClock.calibrationGflops()
@@ -314,8 +328,9 @@ struct ModelBench {
     let med = sum["seconds_median"] as! Double
     var record = common(s).merging(sum) { a, _ in a }.merging(built.fields) { a, _ in a }
     record.merge([
-      "phase": "decode", "metric": "decode_manual_kv_loop", "B": 1, "prompt_len": length, "new_tokens": n,
-      "final_cache_len": length + n, "tokens_per_s": Double(n) / med, "ms_per_token": 1000 * med / Double(n),
+      "phase": "decode", "metric": streams > 1 ? "decode_step_batched" : "decode_manual_kv_loop", "B": 1, "streams": streams,
+      "prompt_len": length, "new_tokens": n,
+      "final_cache_len": length + n, "tokens_per_s": Double(n * streams) / med, "ms_per_token": 1000 * med / Double(n),
       "first_tokens": tokens.prefix(8).map { Int($0) }, "build_s": buildSeconds,
       "effective_cores": cores,
       "calib_gflops_before": calibBefore, "calib_gflops_after": calibAfter,

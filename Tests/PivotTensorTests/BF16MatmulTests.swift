@@ -125,16 +125,20 @@ struct BF16MatmulTests {
     }
   }
 
-  /// One row stays a float32 GEMV whatever the precision (decode is bound by bytes read, and
-  /// its results must not change with a training setting).
+  /// One row (and a few under no-grad) stays a float32 GEMV whatever the precision (decode is
+  /// bound by bytes read, and its results must not change with a training setting).
   @Test func oneRowStaysFloat32() {
     let w = Tensor(Self.random(40 * 33, seed: 8), shape: [40, 33])
     let x = Tensor(Self.random(33, seed: 9), shape: [1, 33])
     let exact = noGrad { linear(x, w) }
     let underBF16 = MatmulPrecision.with(.bfloat16) { noGrad { linear(x, w) } }
     #expect(exact.scalars == underBF16.scalars)
-    let several = Tensor(Self.random(2 * 33, seed: 10), shape: [2, 33])
+    // A few rows under no-grad are several sequences' decode: float32 GEMV rows too.
+    let few = Tensor(Self.random(2 * 33, seed: 10), shape: [2, 33])
+    #expect(MatmulPrecision.with(.bfloat16) { noGrad { linear(few, w) } }.scalars == noGrad { linear(few, w) }.scalars)
+    let n = gemvMaxRows + 1
+    let several = Tensor(Self.random(n * 33, seed: 10), shape: [n, 33])
     let rows = MatmulPrecision.with(.bfloat16) { noGrad { linear(several, w) } }
-    #expect(rows.scalars != noGrad { linear(several, w) }.scalars, "two rows under bf16 precision are rounded")
+    #expect(rows.scalars != noGrad { linear(several, w) }.scalars, "a GEMM's rows under bf16 precision are rounded")
   }
 }

@@ -56,12 +56,35 @@ struct KernelPathTests {
     let w = Self.random([outF, inF], seed: 5)
     let bias = Self.random([outF], seed: 6)
     let x = Self.random([3, inF], seed: 7)
-    let all = noGrad { linear(x, w, bias) }  // (3, out) by SGEMM
+    let all = linear(x, w, bias)  // (3, out) by SGEMM (grad mode on: GEMV takes several rows only under no-grad)
     for r in 0..<3 {
       let row = noGrad { linear(slice(x, axis: 0, r..<(r + 1)), w, bias) }  // (1, out) by SGEMV
       // Sums of K products of magnitude ≤ 1 in another order: a few float32 ulps of √K-sized sums.
       let (ok, d) = compare(row, slice(all, axis: 0, r..<(r + 1)), atol: 1e-4, rtol: 1e-5)
       #expect(ok, "row \(r): max diff \(d)")
+    }
+  }
+
+  /// A few rows under no-grad (decode of several sequences) go through the GEMV kernels together,
+  /// reading each weight block once; every row must be bit for bit what it is alone, so a
+  /// sequence decoded beside others gets exactly its own answer. Float32 and bfloat16 weights,
+  /// widths covering every tail, output counts covering the 4-row blocks and their remainder.
+  @Test(arguments: [(67, 300), (896, 131), (38, 29), (64, 4), (4099, 7)])
+  func severalGemvRowsEqualEachRowAlone(inF: Int, outF: Int) {
+    let w = Self.random([outF, inF], seed: 8)
+    let w16 = BF16Matrix(w)
+    let bias = Self.random([outF], seed: 9)
+    for rows in [2, 5, gemvMaxRows] {
+      let x = Self.random([rows, inF], seed: UInt64(10 + rows))
+      let together = noGrad { (linear(x, w, bias), linear(x, w16, bias)) }
+      for r in 0..<rows {
+        let one = slice(x, axis: 0, r..<(r + 1))
+        let alone = noGrad { (linear(one, w, bias), linear(one, w16, bias)) }
+        for j in 0..<outF {
+          #expect(together.0.ptr[r * outF + j] == alone.0.ptr[j], "float32 \(rows) rows, row \(r), output \(j)")
+          #expect(together.1.ptr[r * outF + j] == alone.1.ptr[j], "bfloat16 \(rows) rows, row \(r), output \(j)")
+        }
+      }
     }
   }
 
