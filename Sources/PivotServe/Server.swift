@@ -48,11 +48,23 @@ public final class OpenAIServer: Sendable {
 
   func chatCompletion(_ request: Request) async throws -> Response {
     if let length = request.headers[.contentLength].flatMap(Int.init), length > settings.maxBodyBytes { throw tooLarge() }
+    // A client that hangs up while its answer is being written frees its slot at once (a
+    // streaming one also when a write fails).
+    let hangUp = HangUp()
+    return try await request.body.consumeWithInboundCloseHandler { body in
+      try await self.chatCompletion(body: body, hangUp: hangUp)
+    } onInboundClosed: {
+      hangUp.happened()
+    }
+  }
+
+  func chatCompletion(body requestBody: RequestBody, hangUp: HangUp) async throws -> Response {
     let buffer: ByteBuffer
-    do { buffer = try await request.body.collect(upTo: settings.maxBodyBytes) } catch is NIOTooManyBytesError { throw tooLarge() }
+    do { buffer = try await requestBody.collect(upTo: settings.maxBodyBytes) } catch is NIOTooManyBytesError { throw tooLarge() }
     let parsed = try RequestParser.parse(Data(buffer: buffer), assistant: engine.assistant, settings: settings)
     let (ticket, events): (JobTicket, AsyncStream<EngineEvent>)
     do { (ticket, events) = try engine.submit(parsed.job) } catch let e as EngineFailure { throw Self.apiError(e) }
+    hangUp.watch(ticket)
     let (id, model) = (Answers.id(), settings.modelName)
     let created = Int(Date().timeIntervalSince1970)
 
@@ -73,6 +85,9 @@ public final class OpenAIServer: Sendable {
       }
     }
 
+    // From here the body writer notices a client that went away; the request's own close
+    // watch ends when this returns.
+    hangUp.release()
     let includeUsage = parsed.includeUsage
     let body = ResponseBody { writer in
       func send(_ object: [String: Any]) async throws {
@@ -112,6 +127,32 @@ public final class OpenAIServer: Sendable {
     case .timedOut: APIError(504, failure.description, type: "timeout", code: "request_timeout")
     case .shuttingDown: APIError(503, failure.description, type: "server_error", code: "shutting_down")
     }
+  }
+}
+
+/// The ticket of a request whose client may hang up before its answer is written.
+final class HangUp: @unchecked Sendable {
+  private let lock = NSLock()
+  private var ticket: JobTicket?
+  private var hungUp = false
+
+  func watch(_ t: JobTicket) {
+    let cancel = lock.withLock { () -> Bool in
+      ticket = t
+      return hungUp
+    }
+    if cancel { t.cancel() }
+  }
+
+  /// Stops watching (the answer is on its way and its writes notice a hang-up).
+  func release() { lock.withLock { ticket = nil } }
+
+  func happened() {
+    let t = lock.withLock { () -> JobTicket? in
+      hungUp = true
+      return ticket
+    }
+    t?.cancel()
   }
 }
 

@@ -365,6 +365,28 @@ struct ServerTests {
     #expect(next.status == 200)
   }
 
+  /// A client that hangs up before a non-streaming answer is done frees its slot too.
+  @Test func aDisconnectBeforeAPlainAnswerFreesTheSlot() async throws {
+    let s = try await RunningServer(maxBatch: 1)
+    defer { Task { await s.stop() } }
+    let body = Array(try JSONSerialization.data(withJSONObject: chatBody("a red square", maxTokens: 3000)))
+    let port = s.port
+    try await onOwnThread {
+      let c = try HTTPConnection(port: port)
+      c.send("POST", "/v1/chat/completions", body: body)
+      usleep(5_000)  // the answer has started
+      shutdown(c.fd, Int32(SHUT_RDWR))
+    }
+    var freed = false
+    for _ in 0..<200 {
+      let h = try await request(s.port, "GET", "/health").json
+      if h["active"] as? Int == 0 && h["cancelled"] as? Int == 1 { freed = true; break }
+      try await Task.sleep(nanoseconds: 10_000_000)
+    }
+    #expect(freed, "the engine dropped the sequence")
+    #expect(try await request(s.port, "POST", "/v1/chat/completions", json: chatBody("describe the image", maxTokens: 4)).status == 200)
+  }
+
   @Test func stopStringsCutTheAnswerAndHoldBackPrefixes() {
     var f = StopStringFilter(stops: ["END", "\n\n"])
     #expect(f.push("hello E") == ("hello ", false))
