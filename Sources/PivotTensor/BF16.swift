@@ -1,3 +1,4 @@
+import CPivotAMX
 import Foundation
 
 /// A frozen weight matrix (R, C) stored as bfloat16 bits (the top half of each float32), for
@@ -293,6 +294,9 @@ extension Kernels {
             var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>(), a13 = SIMD8<Float>()
             var i = 0
             while i < h8 {
+              // The next two weight rows' lines, so memory streams while these rows are multiplied.
+              pivot_prefetch(p0 + 4 * k + i * 4)
+              pivot_prefetch(p1 + 4 * k + i * 4)
               let u0 = p0.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
               let u1 = p1.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)
               let ev0 = unsafeBitCast(u0 &<< 16, to: SIMD8<Float>.self), od0 = unsafeBitCast(u0 & 0xFFFF_0000, to: SIMD8<Float>.self)
@@ -322,8 +326,15 @@ extension Kernels {
         for b in grouped..<n {
           let even = UnsafePointer(split + b * k), odd = even + half, out = out + b * m
           var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+          let ahead = b == 0  // the first pass over these rows fetches the next four
           var i = 0
           while i < h8 {
+            if ahead {
+              pivot_prefetch(w0 + 8 * k + i * 4)
+              pivot_prefetch(w1 + 8 * k + i * 4)
+              pivot_prefetch(w2 + 8 * k + i * 4)
+              pivot_prefetch(w3 + 8 * k + i * 4)
+            }
             let xe = UnsafeRawPointer(even + i).loadUnaligned(as: SIMD8<Float>.self)
             let xo = UnsafeRawPointer(odd + i).loadUnaligned(as: SIMD8<Float>.self)
             let u0 = w0.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<UInt32>.self)

@@ -185,14 +185,16 @@ struct GemmBench {
       ("qwen0.5b mlp down 1x4864x896", 4864, 896), ("qwen0.5b q_proj 1x896x896", 896, 896),
     ]
     eprint(pad("GEMV shape", 32) + pad("sgemv GB/s", 12, right: true) + pad("pivot GB/s", 12, right: true) + pad("bf16 GB/s", 12, right: true)
-      + pad("bf16 ms", 10, right: true))
+      + pad("bf16 ms", 10, right: true) + pad("4 rows ms", 11, right: true))
     for (label, k, m) in gemvShapes {
       var rng = PivotRNG(seed: 2)
       let w = Tensor(empty: [m, k]), x = Tensor(empty: [k]), y = Tensor(empty: [m])
       rng.fillUniform(w, low: -1, high: 1)
       rng.fillUniform(x, low: -1, high: 1)
       let w16 = BF16Matrix(w)
-      var f32: [Double] = [], own: [Double] = [], b16: [Double] = []
+      let x4 = Tensor(empty: [4, k]), y4 = Tensor(empty: [4, m])  // four sequences' rows, as continuous batching decodes them
+      rng.fillUniform(x4, low: -1, high: 1)
+      var f32: [Double] = [], own: [Double] = [], b16: [Double] = [], b16x4: [Double] = []
       for _ in 0..<3 {
         f32 += BenchClock.repeatTimed(seconds: seconds / 3) {
           sgemv(trans: false, m: m, n: k, a: w.ptr, lda: k, x: x.ptr, beta: 0, y: y.ptr)
@@ -203,14 +205,19 @@ struct GemmBench {
         b16 += BenchClock.repeatTimed(seconds: seconds / 3) {
           Kernels.gemvBF16(out: y.ptr, weight: w16.bits, inp: x.ptr, bias: nil, m: m, k: k)
         }
+        b16x4 += BenchClock.repeatTimed(seconds: seconds / 3) {
+          Kernels.gemvBF16(out: y4.ptr, weight: w16.bits, inp: x4.ptr, bias: nil, m: m, k: k, rows: 4)
+        }
       }
       let f32GB = Double(m * k * 4) / BenchClock.median(f32) / 1e9, b16GB = Double(m * k * 2) / BenchClock.median(b16) / 1e9
       let ownGB = Double(m * k * 4) / BenchClock.median(own) / 1e9
       eprint(pad(label, 32) + pad(String(format: "%.1f", f32GB), 12, right: true) + pad(String(format: "%.1f", ownGB), 12, right: true)
         + pad(String(format: "%.1f", b16GB), 12, right: true)
-        + pad(String(format: "%.3f", BenchClock.median(b16) * 1e3), 10, right: true))
+        + pad(String(format: "%.3f", BenchClock.median(b16) * 1e3), 10, right: true)
+        + pad(String(format: "%.3f", BenchClock.median(b16x4) * 1e3), 11, right: true))
       rows.append(["shape": label, "m": 1, "k": k, "n": m, "sgemv_gb_per_s": f32GB, "pivot_gemv_gb_per_s": ownGB, "bf16_gemv_gb_per_s": b16GB,
-                   "sgemv_ms": BenchClock.median(f32) * 1e3, "bf16_gemv_ms": BenchClock.median(b16) * 1e3])
+                   "sgemv_ms": BenchClock.median(f32) * 1e3, "bf16_gemv_ms": BenchClock.median(b16) * 1e3,
+                   "bf16_gemv_4_rows_ms": BenchClock.median(b16x4) * 1e3])
     }
     let calibAfter = BenchClock.calibrationGflops()
     for var r in rows {

@@ -28,4 +28,8 @@ void pivot_amx_gemm_columns(const uint16_t *packed_a, int m, int k,
                             const void *b, int b_is_bf16, long sk, long sn, int n0, int n1,
                             float *c, long ldc, int accumulate, uint16_t *panel_scratch);
 
+/// Asks for the cache line at `p` ahead of its use (Swift has no prefetch of its own); inlined
+/// into the Swift kernels that stream weights.
+static inline void pivot_prefetch(const void *p) { __builtin_prefetch(p, 0, 0); }
+
 #endif
