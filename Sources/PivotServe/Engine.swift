@@ -69,7 +69,7 @@ public final class Engine: @unchecked Sendable {
   public let prefillChunk: Int
 
   private let condition = NSCondition()
-  private var waiting: [(CompletionJob, JobTicket, AsyncStream<EngineEvent>.Continuation)] = []
+  private var waiting: [(CompletionJob, JobTicket, AsyncStream<EngineEvent>.Continuation, deadline: Date)] = []
   private var accepting = true
   private var activeCount = 0
   private var cancelledCount = 0
@@ -100,7 +100,7 @@ public final class Engine: @unchecked Sendable {
     defer { condition.unlock() }
     guard accepting else { throw EngineFailure.shuttingDown }
     guard waiting.count < maxQueue else { throw EngineFailure.queueFull(limit: maxQueue) }
-    waiting.append((job, ticket, continuation))
+    waiting.append((job, ticket, continuation, Date().addingTimeInterval(job.timeLimit)))  // the limit counts the wait
     condition.signal()
     return (ticket, stream)
   }
@@ -122,7 +122,7 @@ public final class Engine: @unchecked Sendable {
     waiting.removeAll()
     condition.signal()
     condition.unlock()
-    for (_, _, c) in dropped {
+    for (_, _, c, _) in dropped {
       c.yield(.failed(.shuttingDown))
       c.finish()
     }
@@ -145,7 +145,7 @@ public final class Engine: @unchecked Sendable {
     var decoder: IncrementalDecoder
     let deadline: Date
 
-    init(_ job: CompletionJob, _ ticket: JobTicket, _ events: AsyncStream<EngineEvent>.Continuation, config: DecoderConfig, tokenizer: Tokenizer) {
+    init(_ job: CompletionJob, _ ticket: JobTicket, _ events: AsyncStream<EngineEvent>.Continuation, deadline: Date, config: DecoderConfig, tokenizer: Tokenizer) {
       self.job = job
       self.ticket = ticket
       self.events = events
@@ -154,7 +154,7 @@ public final class Engine: @unchecked Sendable {
       history = job.prompt.ids
       text = StopStringFilter(stops: job.stopStrings)
       decoder = tokenizer.makeIncrementalDecoder(skipSpecialTokens: true)
-      deadline = Date().addingTimeInterval(job.timeLimit)
+      self.deadline = deadline
     }
   }
 
@@ -171,15 +171,26 @@ public final class Engine: @unchecked Sendable {
         condition.unlock()
         return
       }
+      // Waiting requests that ran out of time or lost their client leave the queue.
+      let now = Date()
+      var expired: [(EngineEvent?, AsyncStream<EngineEvent>.Continuation)] = []
+      waiting.removeAll { w in
+        if w.1.cancelled { expired.append((nil, w.2)); cancelledCount += 1; return true }
+        if now > w.deadline { expired.append((.failed(.timedOut(seconds: w.0.timeLimit)), w.2)); return true }
+        return false
+      }
       if prefilling == nil && active.count < maxBatch && !waiting.isEmpty {
-        let (job, ticket, events) = waiting.removeFirst()
-        prefilling = Sequence(job, ticket, events, config: llm.config, tokenizer: assistant.tokenizer)
+        let (job, ticket, events, deadline) = waiting.removeFirst()
+        prefilling = Sequence(job, ticket, events, deadline: deadline, config: llm.config, tokenizer: assistant.tokenizer)
       }
       activeCount = active.count + (prefilling == nil ? 0 : 1)
       condition.unlock()
+      for (event, c) in expired {
+        if let event { c.yield(event) }
+        c.finish()
+      }
 
       // A cancelled or overdue sequence frees its slot before any more work is spent on it.
-      let now = Date()
       func dropped(_ s: Sequence) -> Bool {
         if s.ticket.cancelled {
           s.events.finish()

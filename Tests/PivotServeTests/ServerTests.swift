@@ -387,6 +387,31 @@ struct ServerTests {
     #expect(try await request(s.port, "POST", "/v1/chat/completions", json: chatBody("describe the image", maxTokens: 4)).status == 200)
   }
 
+  /// A full queue is refused (HTTP 429) and a request past its time limit, waiting included,
+  /// fails (HTTP 504). The engine is held stopped while requests queue, so nothing depends on timing.
+  @Test func aFullQueueAndTheTimeLimitAreClearErrors() async throws {
+    let assistant = try Assistant(modelDir: TinyServedModel.folder)
+    let engine = Engine(assistant: assistant, maxBatch: 1, maxQueue: 2)
+    let prompt = try assistant.prepare([ChatMessage(role: "user", content: "a red square")], pixels: nil, maxNewTokens: 4)
+    var options = GenerationOptions()
+    options.maxNewTokens = 4
+    let (_, overdue) = try engine.submit(CompletionJob(prompt: prompt, options: options, stopStrings: [], timeLimit: 0.01))
+    let (_, onTime) = try engine.submit(CompletionJob(prompt: prompt, options: options, stopStrings: [], timeLimit: 300))
+    #expect(throws: EngineFailure.self) { try engine.submit(CompletionJob(prompt: prompt, options: options, stopStrings: [], timeLimit: 300)) }
+    #expect(OpenAIServer.apiError(.queueFull(limit: 2)).status == 429)
+    #expect(OpenAIServer.apiError(.timedOut(seconds: 1)).status == 504)
+    try await Task.sleep(nanoseconds: 30_000_000)
+    engine.start()
+    defer { engine.shutdown() }
+    var first: [EngineEvent] = [], second: [EngineEvent] = []
+    for await e in overdue { first.append(e) }
+    for await e in onTime { second.append(e) }
+    guard case .failed(.timedOut) = first.last else { Issue.record("the overdue request: \(first)"); return }
+    guard case .finished(_, _, let completion) = second.last else { Issue.record("the request on time: \(second)"); return }
+    #expect(completion == 4)
+    #expect(engine.load.waiting == 0)
+  }
+
   @Test func stopStringsCutTheAnswerAndHoldBackPrefixes() {
     var f = StopStringFilter(stops: ["END", "\n\n"])
     #expect(f.push("hello E") == ("hello ", false))
