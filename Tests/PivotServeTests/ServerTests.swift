@@ -222,6 +222,16 @@ func chatBody(_ prompt: String, image: [UInt8]? = nil, maxTokens: Int = 12, stre
   return body
 }
 
+/// Whether /health shows, within two seconds, no sequence running and one dropped for its client.
+func slotFreed(_ port: Int) async throws -> Bool {
+  for _ in 0..<200 {
+    let h = try await request(port, "GET", "/health").json
+    if h["active"] as? Int == 0 && h["cancelled"] as? Int == 1 { return true }
+    try await Task.sleep(nanoseconds: 10_000_000)
+  }
+  return false
+}
+
 @Suite("pivot serve", .serialized)
 struct ServerTests {
   /// What `pivot chat --prompt` prints for the same model, prompt and image (greedy).
@@ -354,13 +364,7 @@ struct ServerTests {
       return seen
     }
     #expect(first.contains("chat.completion.chunk"))
-    var freed = false
-    for _ in 0..<200 {
-      let h = try await request(s.port, "GET", "/health").json
-      if h["active"] as? Int == 0 && h["cancelled"] as? Int == 1 { freed = true; break }
-      try await Task.sleep(nanoseconds: 10_000_000)
-    }
-    #expect(freed, "the engine dropped the sequence")
+    #expect(try await slotFreed(s.port), "the engine dropped the sequence")
     let next = try await request(s.port, "POST", "/v1/chat/completions", json: chatBody("describe the image", maxTokens: 4))
     #expect(next.status == 200)
   }
@@ -377,13 +381,7 @@ struct ServerTests {
       usleep(5_000)  // the answer has started
       shutdown(c.fd, Int32(SHUT_RDWR))
     }
-    var freed = false
-    for _ in 0..<200 {
-      let h = try await request(s.port, "GET", "/health").json
-      if h["active"] as? Int == 0 && h["cancelled"] as? Int == 1 { freed = true; break }
-      try await Task.sleep(nanoseconds: 10_000_000)
-    }
-    #expect(freed, "the engine dropped the sequence")
+    #expect(try await slotFreed(s.port), "the engine dropped the sequence")
     #expect(try await request(s.port, "POST", "/v1/chat/completions", json: chatBody("describe the image", maxTokens: 4)).status == 200)
   }
 
