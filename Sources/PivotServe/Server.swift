@@ -173,9 +173,15 @@ struct OpenAIErrors: RouterMiddleware {
           ? "this server needs an API key: send 'Authorization: Bearer KEY'"
           : "the API key is not the one this server was started with", code: "invalid_api_key")
       }
-      return try await next(request, context)
+      var response = try await next(request, context)
+      // Completions are read with an inbound-close watch, after which Hummingbird closes the
+      // connection: say so, or a client's pool reuses it and its next request fails.
+      if request.uri.path == "/v1/chat/completions" { response.headers[.connection] = "close" }
+      return response
     } catch let e as APIError {
-      return json(e.json, status: .init(code: e.status))
+      var response = json(e.json, status: .init(code: e.status))
+      if request.uri.path == "/v1/chat/completions" { response.headers[.connection] = "close" }
+      return response
     } catch let e as HTTPError {
       let message = e.status == .notFound ? "no route \(request.method) \(request.uri.path) (POST /v1/chat/completions, GET /v1/models, GET /health, GET /)" : "\(e)"
       return json(APIError(e.status.code, message, code: e.status == .notFound ? "not_found" : nil).json, status: e.status)
